@@ -1,0 +1,158 @@
+"""Prune every torchvision classification model at ratio 0.5 with the default pipeline.
+
+For each model (random init, re-randomised so no layer is an identity): trace time,
+analysis + prune time, forward of the pruned model (shape unchanged, finite), MACs and
+params before/after, peak RSS, and the dead-channel equivalence: the same models pruned
+with exact-only groups must equal the original with those channels zeroed (masked).
+
+    python benchmarks/coverage.py                 # all models, one subprocess each
+    python benchmarks/coverage.py --models resnet18,vit_b_16
+
+Writes benchmarks/results/coverage.json and prints a table and N/total.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_rss_mb, randomize, rss_mb, write_json  # noqa: E402
+
+EQUIV_TOL = 1e-4
+
+
+def run_one(name: str) -> dict:
+    import torch
+    import torchvision
+
+    import prunepass
+    from prunepass.frontends.torch import TorchModel
+    from prunepass.pm import AnalysisManager, PassManager
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    row: dict = {"model": name}
+    base_rss = rss_mb()
+    model = randomize(torchvision.models.get_model(name, weights=None).eval())
+    dense_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    row["dense_mb"] = round(dense_mb, 1)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        dense_out = model(x)
+    if isinstance(dense_out, tuple):  # googlenet / inception in eval return a tensor
+        dense_out = dense_out[0]
+    after_model_rss = rss_mb()
+    t0 = time.perf_counter()
+    adapter = TorchModel.from_module(model, (x,), name)
+    t1 = time.perf_counter()
+    rec = PassManager(prunepass.DEFAULT_PIPELINE).run(adapter, AnalysisManager(adapter))
+    t2 = time.perf_counter()
+    prune_peak = peak_rss_mb()
+    row["trace_s"] = round(t1 - t0, 2)
+    row["prune_s"] = round(t2 - t1, 2)
+    row["peak_rss_mb"] = round(prune_peak, 1)
+    row["extra_mb"] = round(prune_peak - after_model_rss, 1)
+    row["mem_x_dense"] = round((prune_peak - base_rss) / max(dense_mb, 1e-9), 2)
+    changes = rec.passes[0]["changes"]
+    row["groups"] = changes["groups_total"]
+    row["groups_pruned"] = changes["groups_pruned"]
+    row["approx_groups"] = sum(not g["exact"] for g in changes["groups"])
+    row["barriers"] = sorted({b["op"] for b in changes["barriers"]})
+    for k in ("macs", "params"):
+        row[f"{k}_before"] = rec.cost_before[k]
+        row[f"{k}_after"] = rec.cost_after[k]
+    pruned = adapter.materialize()
+    with torch.no_grad():
+        out = pruned(x)
+    row["shape_ok"] = tuple(out.shape) == tuple(dense_out.shape)
+    row["finite"] = bool(torch.isfinite(out).all())
+    # equivalence on the exact groups: pruned == masked original
+    exact = TorchModel.from_module(model, (x,), name)
+    am = AnalysisManager(exact, check_numerics=True)
+    try:
+        r2 = PassManager("prune-channels<ratio=0.5,exact-only=true>").run(exact, am)
+        ch = r2.passes[0]["changes"]
+        row["equiv_err"] = ch.get("max_rel_error_vs_masked", 0.0)
+        row["exact_groups_pruned"] = ch["groups_pruned"]
+    except prunepass.VerificationError as e:
+        row["equiv_err"] = float(str(e).split("by ")[1].split(" ")[0])
+        row["exact_groups_pruned"] = -1
+    row["equiv_ok"] = row["equiv_err"] <= EQUIV_TOL
+    row["ok"] = row["shape_ok"] and row["finite"] and row["equiv_ok"]
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", help="comma-separated names (default: every classifier)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--timeout", type=int, default=900)
+    args = ap.parse_args()
+    if args.one:
+        try:
+            print(json.dumps(run_one(args.one)))
+        except Exception as e:  # reported in the table, never hidden
+            print(json.dumps({"model": args.one, "ok": False,
+                              "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}))
+        return
+    import torchvision
+    names = args.models.split(",") if args.models else \
+        torchvision.models.list_models(module=torchvision.models)
+    from tqdm import tqdm
+    rows = []
+    for name in tqdm(names, desc="models", unit="model"):
+        try:
+            p = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True,
+                               text=True, timeout=args.timeout)
+            line = [l for l in p.stdout.splitlines() if l.startswith("{")]
+            row = json.loads(line[-1]) if line else {
+                "model": name, "ok": False,
+                "error": (p.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+        except subprocess.TimeoutExpired:
+            row = {"model": name, "ok": False, "error": f"timed out after {args.timeout}s"}
+        rows.append(row)
+        tqdm.write(_fmt(row))
+    path = write_json("coverage.json", rows)
+    print()
+    print(HEADER)
+    for r in rows:
+        print(_fmt(r))
+    ok = sum(r.get("ok", False) for r in rows)
+    done = [r for r in rows if "prune_s" in r]
+    if done:
+        print(f"\nmax analysis+prune {max(r['prune_s'] for r in done):.2f}s, "
+              f"max trace {max(r['trace_s'] for r in done):.2f}s, "
+              f"max peak memory {max(r['mem_x_dense'] for r in done):.2f}x dense (measured)")
+    print(f"{ok}/{len(rows)} models pruned, run and equivalent  ({path})")
+
+
+HEADER = (f"{'model':24} {'ok':3} {'groups':>9} {'approx':>6} {'GMACs':>15} {'Mparams':>15} "
+          f"{'trace s':>7} {'prune s':>7} {'equiv err':>9} {'peak MB':>8} {'x dense':>7}  note")
+
+
+def _fmt(r: dict) -> str:
+    if "error" in r:
+        return f"{r['model']:24} {'NO':3} {r['error']}"
+    note = []
+    if r["barriers"]:
+        note.append("barriers: " + ",".join(r["barriers"]))
+    if not r["shape_ok"]:
+        note.append("output shape changed")
+    if not r["finite"]:
+        note.append("non-finite output")
+    if not r["equiv_ok"]:
+        note.append("NOT equivalent")
+    return (f"{r['model']:24} {'yes' if r['ok'] else 'NO':3} "
+            f"{r['groups_pruned']:>4}/{r['groups']:<4} {r['approx_groups']:>6} "
+            f"{r['macs_before'] / 1e9:>6.2f}->{r['macs_after'] / 1e9:<6.2f} "
+            f"{r['params_before'] / 1e6:>6.1f}->{r['params_after'] / 1e6:<6.1f} "
+            f"{r['trace_s']:>7.2f} {r['prune_s']:>7.2f} {r['equiv_err']:>9.1e} "
+            f"{r['peak_rss_mb']:>8.0f} {r['mem_x_dense']:>7.2f}  {'; '.join(note)}")
+
+
+if __name__ == "__main__":
+    main()

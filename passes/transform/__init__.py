@@ -1,0 +1,1 @@
+"""Transforms: they change the model through its adapter and say what stays valid."""

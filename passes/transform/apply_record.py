@@ -1,0 +1,60 @@
+"""apply-record: remove exactly the channels a saved record removed."""
+from __future__ import annotations
+
+import numpy as np
+
+from prunepass.errors import PlanError
+from prunepass.ir.graph import Graph
+from prunepass.pm import Option, PreservedAnalyses, TransformPass, TransformResult, register
+from prunepass.record import Record
+
+
+def removed_from_record(cg, graph: Graph, record: Record) -> np.ndarray:  # noqa: ANN001
+    """Classes to remove so that every tensor the record names keeps what it kept."""
+    removed = np.zeros(cg.n_classes, bool)
+    matched = 0
+    for name, axes in record.keep.items():
+        v = graph.state.get(name)
+        if v is None:
+            continue
+        matched += 1
+        for axis, kept in axes.items():
+            axis = int(axis)
+            cls = cg.classes_of(v.name, axis)
+            gone = np.ones(len(cls), bool)
+            gone[np.asarray(kept, dtype=np.int64)] = False
+            removed[cls[gone]] = True
+    if record.keep and not matched:
+        raise PlanError("the record names no tensor of this model: was it made for another "
+                        f"model? (it starts with {next(iter(record.keep))!r})")
+    return removed
+
+
+@register
+class ApplyRecord(TransformPass):
+    """Remove the channels listed in a saved run record (re-apply a pruning)."""
+    name = "apply-record"
+    options = (Option("path", str, "", "the record JSON written by `prunepass run --report`"),)
+
+    def __init__(self, record: Record | None = None, **opts) -> None:  # noqa: ANN003
+        super().__init__(**opts)
+        self.record = record
+
+    def run(self, graph: Graph, am) -> TransformResult:  # noqa: ANN001
+        record = self.record or Record.load(self["path"])
+        cg = am.get("channel-groups")
+        removed = removed_from_record(cg, graph, record)
+        keep = cg.keep_for(removed)
+        from prunepass.passes.transform.prune_channels import state_keep
+        changes = {"removed_classes": int(removed.sum()), "keep": state_keep(graph, keep)}
+        for (name, axis), idx in keep.items():
+            v = next((s for s in graph.state.values() if s.name == name), None)
+            if v is not None and v.param in record.keep and \
+                    str(axis) in record.keep[v.param] and \
+                    list(idx) != list(record.keep[v.param][str(axis)]):
+                raise PlanError(f"record and model disagree on {v.param} axis {axis}: the "
+                                "coupled channels differ from those the record kept")
+        if keep:
+            am.model.apply_keep(keep, "remove")
+        return TransformResult(PreservedAnalyses.none() if keep else PreservedAnalyses.all(),
+                               changes)

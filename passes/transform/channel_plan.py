@@ -1,0 +1,145 @@
+"""Choosing which channel classes to remove: ratio, scope, rounding, minimums, ignores.
+Shared by prune-channels (remove them) and mask (zero them)."""
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any
+
+import numpy as np
+
+from prunepass.pm import Option
+from prunepass.pm.options import at_least, in_range
+from prunepass.passes.analysis.importance import CRITERIA
+
+PLAN_OPTIONS = (
+    Option("ratio", float, 0.5, "fraction of each group's channels to remove",
+           check=in_range(0.0, 1.0)),
+    Option("importance", str, "l2", "channel score used to pick what goes", tuple(CRITERIA)),
+    Option("scope", str, "local", "local: every group loses `ratio`; global: rank channels "
+           "across groups (normalised scores), `ratio` of all channels go", ("local", "global")),
+    Option("round-to", int, 1, "kept channels per group are a multiple of this",
+           check=at_least(1)),
+    Option("min-channels", int, 1, "never keep fewer channels than this in a group",
+           check=at_least(1)),
+    Option("max-ratio", float, 0.9, "global scope: no group loses more than this fraction",
+           check=in_range(0.0, 1.0)),
+    Option("ignore", list, [], "parameter name patterns (fnmatch or prefix) whose groups "
+           "are left alone, e.g. [classifier*,fc]"),
+    Option("exact-only", bool, False, "only prune groups whose removal equals zeroing "
+           "(skips channels normalised by layer/group norm)"),
+    Option("seed", int, 0, "seed of the random importance"),
+)
+
+
+def _ignored(group, patterns: list[str]) -> bool:  # noqa: ANN001
+    for p, _ in group.producers:
+        for pat in patterns:
+            if fnmatch.fnmatch(p, pat) or p.startswith(pat + ".") or p == pat:
+                return True
+    return False
+
+
+def _kept_count(n: int, remove: int, opts: dict[str, Any]) -> int:
+    keep = max(n - remove, opts["min-channels"], 1)
+    r = opts["round-to"]
+    if r > 1:
+        keep = min(n, int(math.ceil(keep / r) * r))
+    return min(keep, n)
+
+
+def choose_removed(cg, scores: np.ndarray, opts: dict[str, Any]) -> tuple[np.ndarray, list[dict]]:  # noqa: ANN001
+    """A boolean mask over classes (True = remove) and a summary per group."""
+    removed = np.zeros(cg.n_classes, bool)
+    eligible = []
+    for g in cg.groups:
+        ok = g.prunable & (g.exact if opts["exact-only"] else True)
+        if ok.any() and not _ignored(g, opts["ignore"]):
+            eligible.append((g, g.classes[ok]))
+    ratio = opts["ratio"]
+    if opts["scope"] == "global" and eligible:
+        pool_cls, pool_score, pool_group = [], [], []
+        for i, (g, cand) in enumerate(eligible):
+            s = scores[cand]
+            pool_cls.append(cand)
+            pool_score.append(s / (s.mean() + 1e-12))
+            pool_group.append(np.full(len(cand), i))
+        cls, sc, grp = (np.concatenate(x) for x in (pool_cls, pool_score, pool_group))
+        budget = int(round(ratio * sum(g.size for g, _ in eligible)))
+        cap = {i: g.size - _kept_count(g.size, int(opts["max-ratio"] * g.size), opts)
+               for i, (g, _) in enumerate(eligible)}
+        taken = {i: 0 for i in cap}
+        per_group: dict[int, list[int]] = {i: [] for i in cap}
+        for k in np.argsort(sc, kind="stable"):
+            if budget <= 0:
+                break
+            i = int(grp[k])
+            if taken[i] < min(cap[i], len(eligible[i][1])):
+                per_group[i].append(int(cls[k]))
+                taken[i] += 1
+                budget -= 1
+        for i, (g, cand) in enumerate(eligible):
+            want = g.size - _kept_count(g.size, taken[i], opts)
+            chosen = per_group[i][:max(want, 0)]
+            removed[chosen] = True
+    else:
+        segment = _segments(cg)
+        for g, cand in eligible:
+            want = g.size - _kept_count(g.size, int(round(ratio * g.size)), opts)
+            for seg_cand, quota in _split_quota(g, cand, segment, want):
+                order = np.argsort(scores[seg_cand], kind="stable")
+                removed[seg_cand[order[:quota]]] = True
+    _keep_every_tensor_alive(cg, scores, removed)
+    summary = []
+    for g in cg.groups:
+        s = g.summary()
+        s["kept"] = int(g.size - removed[g.classes].sum())
+        summary.append(s)
+    return removed, summary
+
+
+def _keep_every_tensor_alive(cg, scores: np.ndarray, removed: np.ndarray) -> None:  # noqa: ANN001
+    """A group can span several tensors holding different subsets of its channels (a
+    channel split after a shuffle). Never empty one: give back its best channel."""
+    for b, n in cg.spaces.values():
+        if n == 0:
+            continue
+        lab = cg.labels[b:b + n]
+        if removed[lab].all():
+            removed[lab[np.argmax(scores[lab])]] = False
+
+
+def _segments(cg) -> np.ndarray:  # noqa: ANN001
+    """A label per class such that classes with equal labels live in exactly the same
+    tensors. Inside a group, segments differ after a channel split (shufflenet's chunk)."""
+    starts = np.array([b for b, _ in cg.spaces.values()])
+    sizes = np.array([n for _, n in cg.spaces.values()])
+    order = np.argsort(starts)  # spaces tile the element ids in this order
+    weight = np.random.default_rng(0).random(len(sizes))
+    sig = np.zeros(cg.n_classes)
+    np.add.at(sig, cg.labels, np.repeat(weight[order], sizes[order]))
+    return np.unique(np.round(sig, 9), return_inverse=True)[1]
+
+
+def _split_quota(group, cand: np.ndarray, segment: np.ndarray, want: int):  # noqa: ANN001, ANN202
+    """Spread ``want`` removals over the group's segments in proportion to their size, so
+    that no tensor of the group is pruned much harder than the others."""
+    want = min(want, len(cand))
+    if want <= 0:
+        return []
+    seg_of = segment[group.classes]
+    ids, counts = np.unique(seg_of, return_counts=True)
+    if len(ids) == 1:
+        return [(cand, want)]
+    exact = want * counts / counts.sum()
+    quota = np.floor(exact).astype(int)
+    for k in np.argsort(-(exact - quota))[: want - quota.sum()]:
+        quota[k] += 1
+    out = []
+    cand_seg = segment[cand]
+    for sid, q, c in zip(ids, quota, counts):
+        mine = cand[cand_seg == sid]
+        q = min(q, len(mine), c - 1)  # every segment keeps at least one channel
+        if q > 0:
+            out.append((mine, q))
+    return out

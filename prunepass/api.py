@@ -1,0 +1,74 @@
+"""The Python entry points: load a model, run a pipeline, re-apply a record."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from prunepass.errors import TraceError
+from prunepass.frontends.base import ModelAdapter
+from prunepass.pm import AnalysisManager, PassManager
+from prunepass.pm.pipeline import parse_pipeline
+from prunepass.record import Record
+
+DEFAULT_PIPELINE = "prune-channels<ratio=0.5>,dce"
+
+
+def load(model: Any, example_inputs: Sequence[Any] | Any = None,
+         name: str | None = None) -> ModelAdapter:
+    """Trace a model into the IR. ``model`` is a ``torch.nn.Module`` (with example inputs)
+    or an adapter already."""
+    if isinstance(model, ModelAdapter):
+        return model
+    import torch
+    if isinstance(model, torch.nn.Module):
+        from prunepass.frontends.torch import TorchModel
+        if example_inputs is None:
+            raise TraceError("a torch model needs example_inputs to be traced, e.g. "
+                             "(torch.randn(1, 3, 224, 224),)")
+        return TorchModel.from_module(model, example_inputs, name)
+    raise TraceError(f"cannot load a {type(model).__name__}: pass a torch.nn.Module")
+
+
+@dataclass
+class PruneResult:
+    model: Any  # the native model: a torch.nn.Module
+    record: Record
+    adapter: ModelAdapter
+
+
+def prune(model: Any, example_inputs: Sequence[Any] | Any = None,
+          pipeline: str | PassManager = DEFAULT_PIPELINE, *,
+          calibration: Sequence[Any] | None = None,
+          loss_fn: Callable[[Any], Any] | None = None,
+          check_numerics: bool = False, progress: bool = False) -> PruneResult:
+    """Run ``pipeline`` on a copy of ``model`` and return the slimmed model and the record.
+    The input model is never changed.
+
+    calibration: inputs for data-driven passes (Taylor importance); default example_inputs.
+    loss_fn: maps model outputs to a scalar loss for Taylor importance.
+    check_numerics: after each prune, compare the result with the masked original."""
+    adapter = load(model, example_inputs)
+    pm = pipeline if isinstance(pipeline, PassManager) else PassManager(pipeline)
+    am = AnalysisManager(adapter, calibration=calibration, loss_fn=loss_fn,
+                         check_numerics=check_numerics)
+    record = pm.run(adapter, am, progress=progress)
+    return PruneResult(adapter.materialize(), record, adapter)
+
+
+def apply_record(model: Any, example_inputs: Sequence[Any] | Any, record: Record | str,
+                 **kw: Any) -> PruneResult:
+    """Re-apply a saved record to a fresh copy of the model: the record's pipeline runs with
+    its channel choices replaced by exactly the channels the record kept."""
+    from prunepass.passes.transform.apply_record import ApplyRecord
+    rec = record if isinstance(record, Record) else Record.load(record)
+    passes, applied = [], False
+    for p in parse_pipeline(rec.pipeline):
+        if p.name in ("prune-channels", "apply-record"):
+            if not applied:
+                passes.append(ApplyRecord(record=rec))
+                applied = True
+        elif p.name != "mask":
+            passes.append(p)
+    if not applied:
+        passes.insert(0, ApplyRecord(record=rec))
+    return prune(model, example_inputs, PassManager(passes), **kw)

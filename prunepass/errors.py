@@ -1,0 +1,22 @@
+"""Errors raised by prunepass. Each message names the pass, option, node or file at fault
+and says what to do about it."""
+
+
+class PrunepassError(Exception):
+    """Base class: the CLI prints these in one line and exits with status 2."""
+
+
+class PipelineError(PrunepassError):
+    """A pipeline string, pass name or pass option is invalid."""
+
+
+class TraceError(PrunepassError):
+    """The model could not be traced into the IR."""
+
+
+class PlanError(PrunepassError):
+    """A prune plan or record cannot be applied to this model."""
+
+
+class VerificationError(PrunepassError):
+    """The IR is malformed or a numerical check failed after a transform."""

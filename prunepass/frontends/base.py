@@ -1,0 +1,58 @@
+"""The contract between the frontend-neutral passes and a native model.
+
+Analyses read the IR Graph; transforms decide on IR values and axes and ask the adapter
+to apply the decision to the native model. After each native change the adapter
+rebuilds its Graph, so the IR always describes the model as it is."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from prunepass.ir.graph import Graph, Node
+
+
+class ModelAdapter(ABC):
+    frontend: str = "?"
+    graph: Graph
+
+    @abstractmethod
+    def clone(self) -> "ModelAdapter":
+        """An independent copy: changing it never changes this model."""
+
+    @abstractmethod
+    def state_array(self, name: str) -> np.ndarray:
+        """The current value of a parameter, buffer or constant."""
+
+    @abstractmethod
+    def state_gradients(self, inputs: Sequence[Any] | None,
+                        loss_fn: Callable[[Any], Any] | None) -> dict[str, np.ndarray]:
+        """d(loss)/d(parameter) for every parameter on a calibration batch."""
+
+    @abstractmethod
+    def apply_keep(self, keep: dict[tuple[str, int], np.ndarray], mode: str) -> None:
+        """Keep only the given indices of each (value name, axis). ``mode`` is "remove"
+        (slice parameters, rewrite shape constants) or "mask" (zero the dropped entries
+        of every listed activation, shapes unchanged)."""
+
+    @abstractmethod
+    def fold_batchnorms(self, pairs: list[tuple[Node, Node]]) -> None:
+        """Fold each inference batch norm into the conv or linear node that feeds it."""
+
+    @abstractmethod
+    def erase_dead(self) -> int:
+        """Remove nodes and state whose results are never used; return how many."""
+
+    @abstractmethod
+    def run(self, inputs: Sequence[Any] | None = None) -> list[np.ndarray]:
+        """Execute on ``inputs`` (default: the example inputs) and return the outputs."""
+
+    @abstractmethod
+    def materialize(self) -> Any:
+        """The native model (a ``torch.nn.Module``, an ``onnx.ModelProto``)."""
+
+    @property
+    @abstractmethod
+    def example_inputs(self) -> Sequence[Any]:
+        ...

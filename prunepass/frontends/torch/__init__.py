@@ -1,0 +1,3 @@
+from prunepass.frontends.torch.adapter import TorchModel
+
+__all__ = ["TorchModel"]

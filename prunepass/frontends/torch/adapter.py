@@ -1,0 +1,343 @@
+"""The torch adapter: a GraphModule of ATen ops plus the primitives transforms need."""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from prunepass.errors import PlanError, VerificationError, TraceError
+from prunepass.frontends.base import ModelAdapter
+from prunepass.frontends.torch.aten_map import SIZE_ARG, _base_name, bind
+from prunepass.frontends.torch.to_ir import build_graph, fetch_attr
+from prunepass.frontends.torch.trace import trace
+from prunepass.ir import ops
+from prunepass.ir.graph import Graph, Node
+
+aten = torch.ops.aten
+
+
+def _owner(gm: torch.nn.Module, target: str) -> tuple[torch.nn.Module, str]:
+    *path, leaf = target.split(".")
+    mod = gm
+    for p in path:
+        mod = getattr(mod, p)
+    return mod, leaf
+
+
+def set_state(gm: torch.nn.Module, target: str, t: torch.Tensor) -> None:
+    """Replace a parameter, buffer or constant by a new tensor (never in place, so the
+    tensors shared with the caller's model are untouched)."""
+    mod, leaf = _owner(gm, target)
+    old = getattr(mod, leaf)
+    if isinstance(old, torch.nn.Parameter):
+        mod._parameters[leaf] = torch.nn.Parameter(t.detach().clone(), old.requires_grad)
+    elif leaf in mod._buffers:
+        mod._buffers[leaf] = t.detach().clone()
+    else:
+        setattr(mod, leaf, t.detach().clone())
+
+
+def set_arg(fxn: fx.Node, name: str, value: Any) -> None:
+    """Set an ATen call's argument by schema name, positional or keyword as it was given."""
+    names = [a.name for a in fxn.target._schema.arguments]
+    i = names.index(name)
+    if i < len(fxn.args):
+        args = list(fxn.args)
+        args[i] = value
+        fxn.args = tuple(args)
+    else:
+        fxn.kwargs = {**fxn.kwargs, name: value}
+
+
+def _flatten_outputs(out: Any) -> list[np.ndarray]:
+    flat, _ = torch.utils._pytree.tree_flatten(out)
+    return [x.detach().cpu().numpy() for x in flat if isinstance(x, torch.Tensor)]
+
+
+def default_loss(out: Any) -> torch.Tensor:
+    """Cross-entropy against the model's own predictions for (N, classes) outputs, else the
+    mean square: what first-order Taylor importance uses when no loss is given."""
+    flat, _ = torch.utils._pytree.tree_flatten(out)
+    y = [x for x in flat if isinstance(x, torch.Tensor) and x.is_floating_point()][0]
+    if y.dim() == 2:
+        return torch.nn.functional.cross_entropy(y, y.argmax(1))
+    return y.pow(2).mean()
+
+
+class TorchModel(ModelAdapter):
+    frontend = "torch"
+
+    def __init__(self, gm: fx.GraphModule, example_inputs: Sequence[Any], name: str = "model"):
+        self.gm = gm
+        self._inputs = tuple(example_inputs)
+        self.name = name
+        self.rebuild()
+
+    @classmethod
+    def from_module(cls, model: torch.nn.Module, example_inputs: Sequence[Any],
+                    name: str | None = None) -> "TorchModel":
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        return cls(trace(model, example_inputs), example_inputs, name or type(model).__name__)
+
+    @property
+    def example_inputs(self) -> Sequence[Any]:
+        return self._inputs
+
+    def rebuild(self) -> None:
+        self.graph: Graph = build_graph(self.gm, self._inputs, self.name)
+        self.fx_nodes = {n.name: n for n in self.gm.graph.nodes}
+
+    def clone(self) -> "TorchModel":
+        new = copy.copy(self)
+        new.gm = copy.deepcopy(self.gm)
+        new.rebuild()
+        return new
+
+    # -- reading ----------------------------------------------------------------------
+    def state_tensor(self, name: str) -> torch.Tensor:
+        return fetch_attr(self.gm, name)
+
+    def state_array(self, name: str) -> np.ndarray:
+        return self.state_tensor(name).detach().float().cpu().numpy()
+
+    def state_gradients(self, inputs: Sequence[Any] | None = None,
+                        loss_fn: Callable[[Any], Any] | None = None) -> dict[str, np.ndarray]:
+        gm = self.gm
+        params = dict(gm.named_parameters())
+        for p in params.values():
+            p.grad = None
+        was = gm.training
+        gm.eval()
+        with torch.enable_grad():
+            out = gm(*(inputs if inputs is not None else self._inputs))
+            (loss_fn or default_loss)(out).backward()
+        gm.train(was)
+        grads = {k: p.grad.detach().float().cpu().numpy() for k, p in params.items()
+                 if p.grad is not None}
+        for p in params.values():
+            p.grad = None
+        return grads
+
+    def run(self, inputs: Sequence[Any] | None = None) -> list[np.ndarray]:
+        was = self.gm.training
+        self.gm.eval()
+        with torch.no_grad():
+            out = self.gm(*(inputs if inputs is not None else self._inputs))
+        self.gm.train(was)
+        return _flatten_outputs(out)
+
+    # -- transforms -------------------------------------------------------------------
+    def apply_keep(self, keep: dict[tuple[str, int], np.ndarray], mode: str) -> None:
+        if mode == "remove":
+            self._remove(keep)
+        elif mode == "mask":
+            self._mask(keep)
+        else:
+            raise PlanError(f"unknown plan mode {mode!r}: use 'remove' or 'mask'")
+        self._recompile("apply the prune plan")
+
+    def _recompile(self, what: str) -> None:
+        self.gm.graph.lint()
+        self.gm.recompile()
+        try:
+            self.rebuild()
+        except TraceError as e:
+            raise VerificationError(f"after the torch adapter tried to {what}: {e}") from e
+
+    def _remove(self, keep: dict[tuple[str, int], np.ndarray]) -> None:
+        g = self.graph
+        by_value: dict[str, dict[int, np.ndarray]] = {}
+        for (vname, axis), idx in keep.items():
+            by_value.setdefault(vname, {})[axis] = idx
+        values = {v.name: v for v in g.values()}
+        # 1. slice parameters, buffers and constants
+        for vname, axes in by_value.items():
+            v = values[vname]
+            if v.is_state():
+                t = self.state_tensor(v.param)
+                for axis, idx in sorted(axes.items()):
+                    t = t.index_select(axis, torch.as_tensor(idx, dtype=torch.long,
+                                                             device=t.device))
+                set_state(self.gm, v.param, t)
+            elif v.kind == "input":
+                raise PlanError(f"the plan changes model input {vname}: inputs are fixed")
+
+        def new_shape(v) -> list[int]:
+            axes = by_value.get(v.name, {})
+            return [len(axes[d]) if d in axes else s for d, s in enumerate(v.shape)]
+
+        # 2. rewrite shape constants and shape-dependent attributes of each node
+        for node in g.nodes:
+            if not any(o.name in by_value for o in node.outputs) and not (
+                    node.op == ops.ATTENTION and node.inputs[0].name in by_value):
+                continue
+            self._rewrite_node(node, new_shape)
+
+    def _rewrite_node(self, node: Node, new_shape) -> None:
+        fxn = self.fx_nodes[node.name]
+        base = _base_name(fxn.target)
+        out = node.outputs[0]
+        shape = new_shape(out)
+        if base in SIZE_ARG:
+            i = SIZE_ARG[base]
+            args = list(fxn.args)
+            sizes = list(args[i]) if i < len(args) else list(fxn.kwargs["size"])
+            if len(sizes) != len(shape):
+                raise PlanError(f"node {node.name} ({base}): size list {sizes} does not match "
+                                f"its output rank {len(shape)}")
+            for d, (old, new) in enumerate(zip(sizes, shape)):
+                if new != out.shape[d]:
+                    if isinstance(old, int) and old != -1:
+                        sizes[d] = new
+                    elif not isinstance(old, int):
+                        raise PlanError(f"node {node.name} ({base}): axis {d} has a symbolic "
+                                        "size and cannot be rewritten")
+            if i < len(args):
+                args[i] = sizes
+                fxn.args = tuple(args)
+            else:
+                fxn.kwargs = {**fxn.kwargs, "size": sizes}
+        elif base == "unflatten":
+            x, dim, sizes = fxn.args[:3]
+            dim = dim + node.inputs[0].ndim if dim < 0 else dim
+            fxn.args = (x, dim, [shape[dim + k] if isinstance(s, int) and s != -1 else s
+                                 for k, s in enumerate(sizes)])
+        elif node.op == ops.SPLIT and base != "unbind":
+            axis = node.attrs["axis"]
+            sizes = [new_shape(o)[axis] for o in node.outputs]
+            if len(node.outputs) != len(fxn.meta["val"]):
+                raise PlanError(f"node {node.name} ({base}): some of its outputs are unused; "
+                                "run dce first")
+            fxn.target = aten.split_with_sizes.default
+            fxn.args, fxn.kwargs = (fxn.args[0], sizes, axis), {}
+        elif node.op == ops.CONV:
+            w = node.inputs[1]
+            groups = node.attrs["groups"]
+            if groups > 1 and not node.attrs["transposed"] and w.shape[1] == 1:
+                # depthwise: a group is one input channel, so the group count follows it
+                set_arg(fxn, "groups", new_shape(node.inputs[0])[1])
+        elif node.op == ops.LAYERNORM:
+            set_arg(fxn, "normalized_shape", shape[-node.attrs["ndims"]:])
+        elif node.op == ops.ATTENTION:
+            q = node.inputs[0]
+            # the default scale is 1/sqrt(head dim): keep the original one
+            if new_shape(q)[-1] != q.shape[-1] and bind(fxn).get("scale") is None:
+                set_arg(fxn, "scale", 1.0 / math.sqrt(q.shape[-1]))
+
+    def _mask(self, keep: dict[tuple[str, int], np.ndarray]) -> None:
+        values = {v.name: v for v in self.graph.values()}
+        by_value: dict[str, dict[int, np.ndarray]] = {}
+        for (vname, axis), idx in keep.items():
+            if values[vname].kind == "act":
+                by_value.setdefault(vname, {})[axis] = idx
+        graph = self.gm.graph
+        for k, (vname, axes) in enumerate(by_value.items()):
+            v = values[vname]
+            fxn = self.fx_nodes[vname]
+            shape = [1] * v.ndim
+            mask = None
+            for axis, idx in axes.items():
+                s = list(shape)
+                s[axis] = v.shape[axis]
+                mk = torch.zeros(v.shape[axis])
+                mk[torch.as_tensor(idx, dtype=torch.long)] = 1
+                mk = mk.reshape(s)
+                mask = mk if mask is None else mask * mk
+            attr = f"_prunepass_mask_{k}"
+            self.gm.register_buffer(attr, mask.to(dtype=getattr(torch, v.dtype)),
+                                    persistent=False)
+            with graph.inserting_after(fxn):
+                get = graph.get_attr(attr)
+            with graph.inserting_after(get):
+                mul = graph.call_function(aten.mul.Tensor, (fxn, get))
+            fxn.replace_all_uses_with(mul, delete_user_cb=lambda u: u is not mul)
+
+    def fold_batchnorms(self, pairs: list[tuple[Node, Node]]) -> None:
+        for producer, norm in pairs:
+            self._fold(producer, norm)
+        self.erase_dead(recompile=False)
+        self._recompile(f"fold {len(pairs)} batch norms")
+
+    def _fold(self, producer: Node, norm: Node) -> None:
+        pfx, nfx = self.fx_nodes[producer.name], self.fx_nodes[norm.name]
+        has = norm.attrs["has"]
+        parts = dict(zip(has, norm.inputs[1:]))
+        if "running_mean" not in parts or "running_var" not in parts:
+            raise PlanError(f"node {norm.name}: batch norm without running statistics cannot "
+                            "be folded")
+        eps = float(norm.attrs["eps"])
+        w_v = producer.inputs[1]
+        w = self.state_tensor(w_v.param).detach()
+        cout = norm.inputs[0].shape[1]
+        mean = self.state_tensor(parts["running_mean"].param).detach()
+        var = self.state_tensor(parts["running_var"].param).detach()
+        gamma = (self.state_tensor(parts["weight"].param).detach() if "weight" in parts
+                 else torch.ones(cout))
+        beta = (self.state_tensor(parts["bias"].param).detach() if "bias" in parts
+                else torch.zeros(cout))
+        scale = gamma / torch.sqrt(var + eps)
+        if len(producer.inputs) > 2:
+            b = self.state_tensor(producer.inputs[2].param).detach()
+        else:
+            b = torch.zeros(cout, dtype=w.dtype)
+        new_w = w * scale.reshape([-1] + [1] * (w.dim() - 1))
+        new_b = (b - mean) * scale + beta
+        set_state(self.gm, w_v.param, new_w)
+        graph = self.gm.graph
+        if len(producer.inputs) > 2:
+            set_state(self.gm, producer.inputs[2].param, new_b)
+        else:
+            prefix = w_v.param.rsplit(".", 1)[0] if "." in w_v.param else ""
+            mod, _ = _owner(self.gm, w_v.param)
+            leaf = "bias"
+            while hasattr(mod, leaf):
+                leaf += "_"
+            mod.register_parameter(leaf, torch.nn.Parameter(new_b.to(w.dtype)))
+            target = f"{prefix}.{leaf}" if prefix else leaf
+            with graph.inserting_before(pfx):
+                get = graph.get_attr(target)
+            args = list(pfx.args)
+            while len(args) < 3:
+                args.append(None)
+            args[2] = get
+            pfx.args = tuple(args)
+        if isinstance(nfx.meta.get("val"), (tuple, list)):  # (out, mean, invstd) variants
+            for u in list(nfx.users):
+                if u.args[1] == 0:
+                    u.replace_all_uses_with(pfx)
+        else:
+            nfx.replace_all_uses_with(pfx)
+
+    def erase_dead(self, recompile: bool = True) -> int:
+        graph = self.gm.graph
+        before = len(graph.nodes)
+        changed = True
+        while changed:  # in-place ops count as impure for fx; a dead one is still dead
+            changed = False
+            for n in reversed(list(graph.nodes)):
+                if n.op in ("placeholder", "output") or n.users:
+                    continue
+                if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) \
+                        and n.target._schema.is_mutable and not _base_name(n.target).endswith("_"):
+                    continue
+                graph.erase_node(n)
+                changed = True
+        used = {n.target for n in graph.nodes if n.op == "get_attr"}
+        for name, _ in list(self.gm.named_parameters()) + list(self.gm.named_buffers()):
+            if name not in used and not name.endswith("num_batches_tracked"):
+                mod, leaf = _owner(self.gm, name)
+                mod._parameters.pop(leaf, None)
+                mod._buffers.pop(leaf, None)
+        removed = before - len(graph.nodes)
+        if recompile:
+            self._recompile("remove dead nodes")
+        return removed
+
+    def materialize(self) -> torch.nn.Module:
+        from prunepass.frontends.torch.materialize import trainable_module
+        return trainable_module(self.gm)

@@ -1,0 +1,13 @@
+from prunepass.pm.analysis_manager import AnalysisManager
+from prunepass.pm.instruments import DumpIR, Instrument, TimePasses, VerifyIR
+from prunepass.pm.options import Option
+from prunepass.pm.pass_manager import PassManager
+from prunepass.pm.passes import AnalysisPass, Pass, PreservedAnalyses, TransformPass, TransformResult
+from prunepass.pm.pipeline import format_pipeline, parse_pipeline
+from prunepass.pm.registry import REGISTRY, lookup, register
+
+__all__ = [
+    "AnalysisManager", "AnalysisPass", "DumpIR", "Instrument", "Option", "Pass", "PassManager",
+    "PreservedAnalyses", "REGISTRY", "TimePasses", "TransformPass", "TransformResult",
+    "VerifyIR", "format_pipeline", "lookup", "parse_pipeline", "register",
+]

@@ -1,0 +1,42 @@
+"""Runs analyses on demand and caches their results until a transform invalidates them."""
+from __future__ import annotations
+
+from typing import Any
+
+from prunepass.frontends.base import ModelAdapter
+from prunepass.pm.passes import AnalysisPass, PreservedAnalyses
+from prunepass.pm.registry import lookup
+
+
+class AnalysisManager:
+    def __init__(self, model: ModelAdapter, calibration: Any = None, loss_fn: Any = None,
+                 check_numerics: bool = False) -> None:
+        self.model = model
+        self.calibration = calibration  # inputs for data-driven analyses (Taylor)
+        self.loss_fn = loss_fn
+        self.check_numerics = check_numerics
+        self._cache: dict[tuple[str, tuple], Any] = {}
+        self.computed: list[str] = []  # analyses run, in order (for tests and reports)
+
+    @property
+    def graph(self):  # noqa: ANN201
+        return self.model.graph
+
+    def get(self, name: str, **opts: Any) -> Any:
+        p = lookup(name)(**opts)
+        if not isinstance(p, AnalysisPass):
+            raise TypeError(f"{name} is a transform, not an analysis")
+        return self.run(p)
+
+    def run(self, p: AnalysisPass) -> Any:
+        key = (p.name, tuple(sorted((k, str(v)) for k, v in p.opts.items())))
+        if key not in self._cache:
+            self._cache[key] = p.run(self.model.graph, self)
+            self.computed.append(p.name)
+        return self._cache[key]
+
+    def cached(self, name: str) -> bool:
+        return any(k[0] == name for k in self._cache)
+
+    def invalidate(self, preserved: PreservedAnalyses) -> None:
+        self._cache = {k: v for k, v in self._cache.items() if preserved.preserves(k[0])}
