@@ -316,17 +316,7 @@ class TorchModel(ModelAdapter):
     def erase_dead(self, recompile: bool = True) -> int:
         graph = self.gm.graph
         before = len(graph.nodes)
-        changed = True
-        while changed:  # in-place ops count as impure for fx; a dead one is still dead
-            changed = False
-            for n in reversed(list(graph.nodes)):
-                if n.op in ("placeholder", "output") or n.users:
-                    continue
-                if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) \
-                        and n.target._schema.is_mutable and not _base_name(n.target).endswith("_"):
-                    continue
-                graph.erase_node(n)
-                changed = True
+        graph.eliminate_dead_code()  # keeps in-place ops: they may write into a live view
         used = {n.target for n in graph.nodes if n.op == "get_attr"}
         for name, _ in list(self.gm.named_parameters()) + list(self.gm.named_buffers()):
             if name not in used and not name.endswith("num_batches_tracked"):

@@ -74,4 +74,4 @@ def trainable_module(gm: fx.GraphModule) -> fx.GraphModule:
     graph.eliminate_dead_code()
     graph.lint()
     gm.recompile()
-    return gm
+    return gm.eval()  # like the traced model; call .train() to fine-tune

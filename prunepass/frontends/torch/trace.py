@@ -24,7 +24,10 @@ def _export_args(example_inputs: Sequence[Any]) -> tuple[tuple[Any, ...], tuple[
     return tuple(args), tuple(dyn)
 
 
-def trace(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
+def export_program(model: torch.nn.Module,
+                   example_inputs: Sequence[Any]) -> torch.export.ExportedProgram:
+    """torch.export in eval mode, with a symbolic batch size where the model allows it.
+    The model's train/eval flags are restored afterwards."""
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"expected a torch.nn.Module, got {type(model).__name__}")
     training = {m: m.training for m in model.modules()}
@@ -44,7 +47,11 @@ def trace(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModu
     finally:
         for m, t in training.items():
             m.training = t
-    unlifted = ep.module()
+    return ep
+
+
+def trace(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
+    unlifted = export_program(model, example_inputs).module()
     gm = fx.GraphModule(unlifted, unlifted.graph)  # a plain GraphModule: train()/eval() work
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":

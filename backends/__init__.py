@@ -1,0 +1,1 @@
+"""Backends: where pruned models are compiled and measured (installed as prunepass.backends)."""

@@ -1,0 +1,5 @@
+import sys
+
+from prunepass.cli import main
+
+sys.exit(main())

@@ -1,0 +1,156 @@
+"""The ``prunepass`` command."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from prunepass.errors import PrunepassError
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202
+    from prunepass.zoo import load_model
+    return load_model(args.model, args.input_shape)
+
+
+def save_model(module: Any, example_inputs: tuple, out: str) -> str:
+    """``.pt2``: a torch.export archive (load with torch.export.load(p).module());
+    ``.pt``: the whole module pickled (torch.load(p, weights_only=False))."""
+    import torch
+    from prunepass.frontends.torch.trace import export_program
+    path = Path(out)
+    if path.suffix == ".pt2":
+        torch.export.save(export_program(module, tuple(example_inputs)), str(path))
+    elif path.suffix == ".pt":
+        torch.save(module, str(path))
+    else:
+        raise PrunepassError(f"output {out!r}: use a .pt2 (torch.export archive) or .pt "
+                             "(pickled module) file name")
+    return str(path)
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from prunepass.pm import REGISTRY
+    for kind in ("analysis", "transform"):
+        print(f"{kind} passes:")
+        for name, cls in sorted(REGISTRY.items()):
+            if cls.kind != kind:
+                continue
+            print(f"  {name:16} {cls.summary()}")
+            for o in cls.options:
+                default = "[" + ",".join(o.default) + "]" if isinstance(o.default, list) \
+                    else str(o.default).lower() if isinstance(o.default, bool) else o.default
+                print(f"      {o.name}={o.describe_type()} (default {default}): {o.doc}")
+    print("\npipeline syntax: pass,pass<option=value,option=[a,b]>,...")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import prunepass
+    from prunepass.pm import DumpIR, PassManager, TimePasses, VerifyIR
+    from prunepass.report import format_record
+    model, inputs = _load(args)
+    instruments = [TimePasses(), VerifyIR()] + ([DumpIR(args.dump_ir)] if args.dump_ir else [])
+    pm = PassManager(args.pipeline, instruments=instruments)
+    if args.record:
+        result = prunepass.apply_record(model, inputs, args.record,
+                                        check_numerics=args.check_numerics)
+    else:
+        result = prunepass.prune(model, inputs, pm, check_numerics=args.check_numerics,
+                                 progress=not args.quiet)
+    result.record.model = args.model
+    print(format_record(result.record))
+    if args.report:
+        result.record.save(args.report)
+        print(f"record written to {args.report}")
+    if args.output:
+        print(f"pruned model written to {save_model(result.model, inputs, args.output)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from prunepass.record import Record
+    from prunepass.report import format_record
+    print(format_record(Record.load(args.record), top_layers=args.top))
+    return 0
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    import prunepass
+    from prunepass.pm import AnalysisManager
+    model, inputs = _load(args)
+    adapter = prunepass.load(model, inputs, args.model)
+    cg = AnalysisManager(adapter).get("channel-groups")
+    print(f"{len(cg.groups)} channel groups in {args.model}:")
+    print(f"  {'id':>4} {'channels':>8} {'prunable':>8} {'exact':>5}  producers")
+    for g in cg.groups:
+        s = g.summary()
+        prods = ", ".join(s["producers"][:3]) + (" ..." if len(s["producers"]) > 3 else "")
+        print(f"  {s['id']:>4} {s['channels']:>8} {s['prunable']:>8} "
+              f"{'yes' if s['exact'] else 'no':>5}  {prods}")
+    if cg.barriers:
+        print("barriers (channels through them are kept):")
+        for b in cg.barriers:
+            print(f"  {b['node']}: {b['op']} ({b['why']})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from prunepass.demo import main as demo
+    return demo(quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prunepass", description="A pruning compiler: trace a "
+                                "model to a graph IR, run passes, emit a smaller model.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("passes", help="list every pass with its options")
+    s.set_defaults(fn=cmd_passes)
+
+    def model_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("model", help="torchvision:NAME or package.module:factory")
+        s.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
+
+    s = sub.add_parser("run", help="run a pipeline on a model")
+    model_args(s)
+    from prunepass.api import DEFAULT_PIPELINE
+    s.add_argument("-p", "--pipeline", default=DEFAULT_PIPELINE,
+                   help=f"passes to run (default {DEFAULT_PIPELINE!r})")
+    s.add_argument("-o", "--output", help="write the pruned model (.pt2 or .pt)")
+    s.add_argument("--report", help="write the run record (JSON)")
+    s.add_argument("--record", help="re-apply a saved record instead of choosing channels")
+    s.add_argument("--check-numerics", action="store_true",
+                   help="compare each pruned model with the masked original")
+    s.add_argument("--dump-ir", metavar="DIR", help="write the IR before/after each pass")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("groups", help="show the coupled channel groups and barriers")
+    model_args(s)
+    s.set_defaults(fn=cmd_groups)
+
+    s = sub.add_parser("report", help="print a saved run record")
+    s.add_argument("record")
+    s.add_argument("--top", type=int, default=8, help="how many changed tensors to list")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("demo", help="the end-to-end demo (digits CNN + a torchvision model)")
+    s.add_argument("--quick", action="store_true", help="fewer epochs, smaller model")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except PrunepassError as e:
+        msg = " ".join(str(e).split())
+        print(f"prunepass: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

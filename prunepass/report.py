@@ -1,0 +1,70 @@
+"""Terminal tables for run records."""
+from __future__ import annotations
+
+from prunepass.record import Record
+
+
+def _si(x: float, unit: str = "") -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.2f} {suffix}{unit}"
+    return f"{x:.0f} {unit}".rstrip()
+
+
+def _bytes(x: float) -> str:
+    for div, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(x) >= div:
+            return f"{x / div:.1f} {suffix}"
+    return f"{x:.0f} B"
+
+
+def format_record(rec: Record, top_layers: int = 8) -> str:
+    b, a = rec.cost_before, rec.cost_after
+    rows = [("params", _si(b["params"]), _si(a["params"]), b["params"], a["params"]),
+            ("MACs", _si(b["macs"]), _si(a["macs"]), b["macs"], a["macs"]),
+            ("param bytes", _bytes(b["param_bytes"]), _bytes(a["param_bytes"]),
+             b["param_bytes"], a["param_bytes"]),
+            ("activation bytes", _bytes(b["act_bytes"]), _bytes(a["act_bytes"]),
+             b["act_bytes"], a["act_bytes"])]
+    lines = [f"{rec.model} ({rec.frontend})  pipeline: {rec.pipeline}",
+             f"  {'':18}{'before':>14}{'after':>14}{'change':>10}"]
+    for name, sb, sa, nb, na in rows:
+        change = f"{(na - nb) / nb * 100:+.1f}%" if nb else "-"
+        lines.append(f"  {name:18}{sb:>14}{sa:>14}{change:>10}")
+    lines.append(f"  (counted from the IR for the example input shapes)")
+    for p in rec.passes:
+        ch = p.get("changes", {})
+        extra = ""
+        if "groups_total" in ch:
+            approx = sum(not g["exact"] for g in ch["groups"])
+            extra = f"groups pruned {ch['groups_pruned']}/{ch['groups_total']}"
+            if approx:
+                extra += f" ({approx} approximate: norm statistics span their channels)"
+            if "max_rel_error_vs_masked" in ch:
+                extra += f", max rel. error vs masked {ch['max_rel_error_vs_masked']:.1e}"
+        elif "folded" in ch:
+            extra = f"folded {len(ch['folded'])} batch norms"
+        elif "removed_nodes" in ch:
+            extra = f"removed {ch['removed_nodes']} nodes"
+        elif "removed_classes" in ch:
+            extra = f"removed {ch['removed_classes']} channels"
+        secs = f"{p['seconds']:.2f}s" if "seconds" in p else ""
+        lines.append(f"  pass {p['pass']:16} {secs:>7} (measured)  {extra}")
+    barriers = rec.barriers
+    if barriers:
+        ops = sorted({b["op"] for b in barriers})
+        lines.append(f"  barriers ({len(barriers)} nodes; their channels are kept): "
+                     + ", ".join(ops))
+    else:
+        lines.append("  barriers: none")
+    layers = rec.layers()
+    if layers:
+        lines.append(f"  largest changed tensors ({len(layers)} changed):")
+        def size(s: list[int]) -> int:
+            n = 1
+            for d in s:
+                n *= d
+            return n
+        for name, sb, sa in sorted(layers, key=lambda t: -size(t[1]))[:top_layers]:
+            lines.append(f"    {name:48} {str(sb):>20} -> {sa if sa else 'removed'}")
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""Model specs on the command line: ``torchvision:resnet18`` or ``package.module:factory``."""
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any
+
+from prunepass.errors import TraceError
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in re.split(r"[,x]", text.strip()))
+    except ValueError:
+        raise TraceError(f"input shape {text!r} is not a list of integers like 1,3,224,224") \
+            from None
+    if not shape or any(s <= 0 for s in shape):
+        raise TraceError(f"input shape {text!r} must be positive integers like 1,3,224,224")
+    return shape
+
+
+def load_model(spec: str, input_shape: str | None = None) -> tuple[Any, tuple[Any, ...]]:
+    """A (torch.nn.Module, example inputs) pair for a model spec. Weights are randomly
+    initialised for zoo models (nothing is downloaded)."""
+    import torch
+    if ":" not in spec:
+        raise TraceError(f"model {spec!r}: use torchvision:NAME or package.module:factory")
+    where, name = spec.split(":", 1)
+    shape = parse_shape(input_shape) if input_shape else None
+    if where == "torchvision":
+        import torchvision
+        names = torchvision.models.list_models(module=torchvision.models)
+        if name not in names:
+            import difflib
+            near = difflib.get_close_matches(name, names, n=3)
+            raise TraceError(f"torchvision has no classifier {name!r}"
+                             + (f"; did you mean {', '.join(near)}?" if near else ""))
+        model = torchvision.models.get_model(name, weights=None).eval()
+        return model, (torch.randn(*(shape or (1, 3, 224, 224))),)
+    try:
+        module = importlib.import_module(where)
+    except ImportError as e:
+        raise TraceError(f"model {spec!r}: cannot import {where!r} ({e})") from None
+    factory = getattr(module, name, None)
+    if factory is None:
+        raise TraceError(f"model {spec!r}: {where} has no attribute {name!r}")
+    made = factory()
+    if isinstance(made, tuple) and len(made) == 2:
+        model, inputs = made
+        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    else:
+        model, inputs = made, None
+    if shape is not None:
+        inputs = (torch.randn(*shape),)
+    if inputs is None:
+        raise TraceError(f"model {spec!r}: the factory returned no example inputs; pass "
+                         "--input-shape or return (model, example_inputs)")
+    if not isinstance(model, torch.nn.Module):
+        raise TraceError(f"model {spec!r}: the factory returned {type(model).__name__}, "
+                         "not a torch.nn.Module")
+    return model.eval(), inputs
