@@ -66,3 +66,16 @@ def test_mask_keeps_shapes_and_zeroes_channels():
     a = TorchModel.from_module(model, (x,))
     before = len(a.graph.nodes)
     assert len(masked.adapter.graph.nodes) > before  # the masks are real multiplies
+
+
+def test_two_mask_passes_compose():
+    torch.manual_seed(0)
+    model = randomize(ConvBnRelu().eval())
+    x = torch.randn(2, 3, 8, 8)
+    twice = prunepass.prune(model, (x,), "mask<ratio=0.25>,mask<ratio=0.25,importance=random>")
+    once = prunepass.prune(model, (x,), "mask<ratio=0.25>")
+    with torch.no_grad():
+        a, b = twice.model(x), once.model(x)
+    assert not torch.allclose(a, b)  # the second mask zeroes more channels
+    n_masks = sum(1 for n in twice.adapter.graph.nodes if n.target == "aten.mul.Tensor")
+    assert n_masks > sum(1 for n in once.adapter.graph.nodes if n.target == "aten.mul.Tensor")

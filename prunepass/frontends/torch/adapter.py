@@ -249,6 +249,8 @@ class TorchModel(ModelAdapter):
                 mk = mk.reshape(s)
                 mask = mk if mask is None else mask * mk
             attr = f"_prunepass_mask_{k}"
+            while hasattr(self.gm, attr):  # a second mask pass adds new names
+                attr += "_"
             self.gm.register_buffer(attr, mask.to(dtype=getattr(torch, v.dtype)),
                                     persistent=False)
             with graph.inserting_after(fxn):

@@ -1,0 +1,78 @@
+"""Reading an .onnx file: the protobuf, its external data, and onnx.checker. Every failure
+is a TraceError that names the file (and the tensor) and says what to do. The file itself
+is only read, never written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+from prunepass.errors import TraceError
+
+# protobuf cannot serialise a message of 2 GiB or more; above this, work through files
+PROTO_LIMIT = 2**31 - 2**24
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    found = [t for t in model.graph.initializer if uses_external_data(t)]
+    for node in model.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and uses_external_data(a.t):
+                found.append(a.t)
+    return found
+
+
+def _check_external_files(model: onnx.ModelProto, path: Path) -> None:
+    for t in _external_tensors(model):
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        f = path.parent / loc
+        if not loc or not f.is_file():
+            raise TraceError(f"{path}: tensor {t.name!r} keeps its data in the external file "
+                             f"{loc!r}, which is missing; put it next to the .onnx file")
+        end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        if end > f.stat().st_size:
+            raise TraceError(f"{path}: tensor {t.name!r} reads bytes up to {end} of {f.name}, "
+                             f"which holds only {f.stat().st_size}: the data file is truncated")
+
+
+def check(model: onnx.ModelProto, where: str) -> None:
+    """onnx.checker, with its failure as a TraceError; files over 2 GiB are checked by path
+    (the caller passes a path-backed model only then)."""
+    try:
+        if model.ByteSize() < PROTO_LIMIT:
+            onnx.checker.check_model(model)
+    except Exception as e:  # onnx raises ValidationError and several C++ error types
+        raise TraceError(f"{where} fails onnx.checker: {_first_line(e)}") from e
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    p = Path(path)
+    if not p.is_file():
+        raise TraceError(f"ONNX file {p} does not exist")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise TraceError(f"{p} is not a readable ONNX model (truncated or corrupt file?): "
+                         f"{_first_line(e)}") from e
+    _check_external_files(model, p)
+    try:
+        load_external_data_for_model(model, str(p.parent))
+    except Exception as e:
+        raise TraceError(f"{p}: cannot read its external data: {_first_line(e)}") from e
+    if model.ByteSize() >= PROTO_LIMIT:
+        try:
+            onnx.checker.check_model(str(p))
+        except Exception as e:
+            raise TraceError(f"{p} fails onnx.checker: {_first_line(e)}") from e
+    else:
+        check(model, str(p))
+    if not model.graph.node or not model.graph.output:
+        raise TraceError(f"{p} holds an empty graph (no nodes or no outputs): truncated file?")
+    return model

@@ -1,0 +1,166 @@
+"""Small edits of an onnx.ModelProto: fresh names, initializers, node insertion, rewiring,
+and dead-code removal. The adapter and the shape-constant rewriter share them."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from prunepass.frontends.onnx.static_values import subgraph_names
+
+Slot = tuple[int, int]  # (node index, input position)
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every node a unique, non-empty name: the IR refers to nodes by name."""
+    seen: set[str] = set()
+    for i, n in enumerate(model.graph.node):
+        name = n.name or f"{n.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        n.name = name
+        seen.add(name)
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[Slot]]:
+    """Value name -> the (node, input position) slots reading it. Reads from inside a
+    subgraph are listed with position -1 (they cannot be rewired one by one)."""
+    out: dict[str, list[Slot]] = {}
+    for i, n in enumerate(model.graph.node):
+        for k, x in enumerate(n.input):
+            if x:
+                out.setdefault(x, []).append((i, k))
+        for x in subgraph_names(n):
+            out.setdefault(x, []).append((i, -1))
+    return out
+
+
+class Editor:
+    """Collects insertions so node indices stay valid until ``commit``."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        g = model.graph
+        self.names: set[str] = {t.name for t in g.initializer} | {i.name for i in g.input} | \
+            {o.name for o in g.output} | {n.name for n in g.node}
+        for n in g.node:
+            self.names.update(n.output)
+        self._before: dict[int, list[onnx.NodeProto]] = {}
+        self._after: dict[int, list[onnx.NodeProto]] = {}
+        self._inits = {t.name: k for k, t in enumerate(g.initializer)}
+        self._readers: dict[str, list[Slot]] | None = None
+
+    def readers(self, name: str) -> list[Slot]:
+        """The slots reading ``name``, kept current through ``set_input``."""
+        if self._readers is None:
+            self._readers = consumers(self.model)
+        return self._readers.get(name, [])
+
+    def set_input(self, index: int, slot: int, name: str) -> None:
+        node = self.model.graph.node[index]
+        if self._readers is not None:
+            old = self._readers.get(node.input[slot], [])
+            if (index, slot) in old:
+                old.remove((index, slot))
+            self._readers.setdefault(name, []).append((index, slot))
+        node.input[slot] = name
+
+    def unique(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.names:
+            k += 1
+            name = f"{base}_{k}"
+        self.names.add(name)
+        return name
+
+    def add_initializer(self, base: str, value: np.ndarray) -> str:
+        name = self.unique(base)
+        self.model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        self._inits[name] = len(self.model.graph.initializer) - 1
+        return name
+
+    def is_initializer(self, name: str) -> bool:
+        return name in self._inits
+
+    def replace_initializer(self, name: str, value: np.ndarray) -> None:
+        t = self.model.graph.initializer[self._inits[name]]
+        t.CopyFrom(numpy_helper.from_array(np.asarray(value), name))
+
+    def constant_node(self, output: str) -> onnx.NodeProto | None:
+        for n in self.model.graph.node:
+            if n.op_type == "Constant" and n.output and n.output[0] == output:
+                return n
+        return None
+
+    def insert_before(self, index: int, node: onnx.NodeProto) -> None:
+        self._before.setdefault(index, []).append(node)
+
+    def insert_after(self, index: int, node: onnx.NodeProto) -> None:
+        self._after.setdefault(index, []).append(node)
+
+    def node(self, op: str, inputs: list[str], output_base: str, **attrs) -> onnx.NodeProto:  # noqa: ANN003
+        out = self.unique(output_base)
+        return onnx.helper.make_node(op, inputs, [out], name=self.unique(f"prunepass_{op}"),
+                                     **attrs)
+
+    def commit(self) -> None:
+        if not self._before and not self._after:
+            return
+        g = self.model.graph
+        nodes = []
+        for i, n in enumerate(g.node):
+            nodes += self._before.get(i, [])
+            nodes.append(n)
+            nodes += self._after.get(i, [])
+        del g.node[:]
+        g.node.extend(nodes)
+        self._before.clear()
+        self._after.clear()
+
+
+def write_tensor(ed: Editor, name: str, value: np.ndarray, slots: list[Slot]) -> str:
+    """Give the tensor ``name`` a new value for the reader slots ``slots``. In place when
+    nothing else reads it (names stay stable for records), else as a new initializer."""
+    model = ed.model
+    shared = name in {o.name for o in model.graph.output} or \
+        any(r not in slots for r in ed.readers(name))
+    if not shared:
+        if ed.is_initializer(name):
+            ed.replace_initializer(name, value)
+            return name
+        const = ed.constant_node(name)
+        if const is not None:
+            del const.attribute[:]
+            const.attribute.append(onnx.helper.make_attribute(
+                "value", numpy_helper.from_array(np.asarray(value), name)))
+            return name
+    new = ed.add_initializer(f"{name}__pruned", value)
+    for i, k in slots:
+        ed.set_input(i, k, new)
+    return new
+
+
+def erase_dead(model: onnx.ModelProto) -> int:
+    """Remove the nodes no graph output depends on and the initializers nobody reads."""
+    g = model.graph
+    live = {o.name for o in g.output}
+    kept = []
+    for n in reversed(g.node):
+        if any(o in live for o in n.output if o):
+            kept.append(n)
+            live.update(x for x in n.input if x)
+            live |= subgraph_names(n)
+    removed = len(g.node) - len(kept)
+    if removed:
+        del g.node[:]
+        g.node.extend(reversed(kept))
+    dead_inits = [t for t in g.initializer if t.name not in live]
+    if dead_inits:
+        gone = {t.name for t in dead_inits}
+        keep_inits = [t for t in g.initializer if t.name not in gone]
+        del g.initializer[:]
+        g.initializer.extend(keep_inits)
+        keep_inputs = [i for i in g.input if i.name not in gone]
+        del g.input[:]
+        g.input.extend(keep_inputs)
+    return removed
