@@ -1,3 +1,5 @@
 """Analysis and transform passes. Importing this package registers every pass."""
-from prunepass.passes.analysis import channel_groups, cost, importance, shapes  # noqa: F401
-from prunepass.passes.transform import apply_record, dce, fold_bn, prune_channels  # noqa: F401
+from prunepass.passes.analysis import (  # noqa: F401
+    channel_groups, cost, energy, importance, shapes, sparsity)
+from prunepass.passes.transform import (  # noqa: F401
+    apply_record, dce, fold_bn, mask, nm_sparsity, prune_channels)

@@ -40,17 +40,20 @@ def prune(model: Any, example_inputs: Sequence[Any] | Any = None,
           pipeline: str | PassManager = DEFAULT_PIPELINE, *,
           calibration: Sequence[Any] | None = None,
           loss_fn: Callable[[Any], Any] | None = None,
-          check_numerics: bool = False, progress: bool = False) -> PruneResult:
+          check_numerics: bool = False, progress: bool = False,
+          energy_profile: str | None = None) -> PruneResult:
     """Run ``pipeline`` on a copy of ``model`` and return the slimmed model and the record.
     The input model is never changed.
 
     calibration: inputs for data-driven passes (Taylor importance); default example_inputs.
     loss_fn: maps model outputs to a scalar loss for Taylor importance.
-    check_numerics: after each prune, compare the result with the masked original."""
+    check_numerics: after each prune, compare the result with the masked original.
+    energy_profile: a hardware profile name or YAML path; the record then carries modelled
+    energy before and after."""
     adapter = load(model, example_inputs)
     pm = pipeline if isinstance(pipeline, PassManager) else PassManager(pipeline)
     am = AnalysisManager(adapter, calibration=calibration, loss_fn=loss_fn,
-                         check_numerics=check_numerics)
+                         check_numerics=check_numerics, energy_profile=energy_profile)
     record = pm.run(adapter, am, progress=progress)
     return PruneResult(adapter.materialize(), record, adapter)
 

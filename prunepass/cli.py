@@ -55,10 +55,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     pm = PassManager(args.pipeline, instruments=instruments)
     if args.record:
         result = prunepass.apply_record(model, inputs, args.record,
-                                        check_numerics=args.check_numerics)
+                                        check_numerics=args.check_numerics,
+                                        energy_profile=args.profile)
     else:
         result = prunepass.prune(model, inputs, pm, check_numerics=args.check_numerics,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, energy_profile=args.profile)
     result.record.model = args.model
     print(format_record(result.record))
     if args.report:
@@ -66,13 +67,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"record written to {args.report}")
     if args.output:
         print(f"pruned model written to {save_model(result.model, inputs, args.output)}")
+    if args.plot:
+        from prunepass.plots import energy_per_layer
+        print(f"energy chart written to {energy_per_layer(result.record, args.plot)}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from prunepass.record import Record
     from prunepass.report import format_record
-    print(format_record(Record.load(args.record), top_layers=args.top))
+    rec = Record.load(args.record)
+    print(format_record(rec, top_layers=args.top))
+    if args.plot:
+        from prunepass.plots import energy_per_layer
+        print(f"energy chart written to {energy_per_layer(rec, args.plot)}")
     return 0
 
 
@@ -93,6 +101,16 @@ def cmd_groups(args: argparse.Namespace) -> int:
         print("barriers (channels through them are kept):")
         for b in cg.barriers:
             print(f"  {b['node']}: {b['op']} ({b['why']})")
+    return 0
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from prunepass.hardware import available_profiles, load_profile
+    for name in available_profiles():
+        p = load_profile(name)
+        print(f"  {name:18} {p.description}")
+        print(f"  {'':18} MAC fp32 {p.mac_energy('float32')} {p.unit}; levels "
+              + ", ".join(f"{m.name} {m.pj_per_byte} {p.unit}/B" for m in p.memory))
     return 0
 
 
@@ -124,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--check-numerics", action="store_true",
                    help="compare each pruned model with the masked original")
     s.add_argument("--dump-ir", metavar="DIR", help="write the IR before/after each pass")
+    s.add_argument("--profile", help="hardware profile (name or YAML) for modelled energy, "
+                   "e.g. x86-epyc, arm-cortex-a72, nvidia-h100, horowitz-45nm")
+    s.add_argument("--plot", metavar="PNG", help="with --profile: energy per layer chart")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_run)
 
@@ -134,7 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="print a saved run record")
     s.add_argument("record")
     s.add_argument("--top", type=int, default=8, help="how many changed tensors to list")
+    s.add_argument("--plot", metavar="PNG", help="energy per layer chart (dense vs pruned)")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("profiles", help="list the shipped hardware profiles")
+    s.set_defaults(fn=cmd_profiles)
 
     s = sub.add_parser("demo", help="the end-to-end demo (digits CNN + a torchvision model)")
     s.add_argument("--quick", action="store_true", help="fewer epochs, smaller model")

@@ -28,6 +28,11 @@ class Record:
     keep: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     shapes_before: dict[str, list[int]] = field(default_factory=dict)
     shapes_after: dict[str, list[int]] = field(default_factory=dict)
+    # modelled energy (when a hardware profile was given): totals and per-node totals
+    energy_before: dict[str, Any] = field(default_factory=dict)
+    energy_after: dict[str, Any] = field(default_factory=dict)
+    energy_nodes_before: dict[str, list] = field(default_factory=dict)
+    energy_nodes_after: dict[str, list] = field(default_factory=dict)
     format: str = FORMAT
 
     @classmethod
@@ -35,11 +40,13 @@ class Record:
         r = cls(model=getattr(model, "name", "model"), frontend=model.frontend, pipeline=pipeline)
         r.cost_before = dict(am.get("cost").totals, source=COUNTED)
         r.shapes_before = {k: list(v.shape) for k, v in model.graph.state.items()}
+        r.energy_before, r.energy_nodes_before = _energy(am)
         return r
 
     def finish(self, model: Any, am: Any) -> None:
         self.cost_after = dict(am.get("cost").totals, source=COUNTED)
         self.shapes_after = {k: list(v.shape) for k, v in model.graph.state.items()}
+        self.energy_after, self.energy_nodes_after = _energy(am)
 
     def add_keep(self, keep: dict[str, dict[int, np.ndarray]]) -> None:
         """Compose a prune step (indices relative to the current tensors) into the record."""
@@ -82,6 +89,14 @@ class Record:
         if data.get("format") != FORMAT:
             raise PlanError(f"record {path} has format {data.get('format')!r}, expected {FORMAT}")
         return cls(**data)
+
+
+def _energy(am: Any) -> tuple[dict[str, Any], dict[str, list]]:
+    """Modelled energy totals and {node: [scope, op, total]} for nodes that cost anything."""
+    if not getattr(am, "energy_profile", None):
+        return {}, {}
+    e = am.get("energy", profile=am.energy_profile)
+    return e.totals, {n.node: [n.scope, n.op, n.total] for n in e.nodes if n.total > 0}
 
 
 def _jsonable(x: Any) -> Any:

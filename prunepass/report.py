@@ -32,6 +32,7 @@ def format_record(rec: Record, top_layers: int = 8) -> str:
         change = f"{(na - nb) / nb * 100:+.1f}%" if nb else "-"
         lines.append(f"  {name:18}{sb:>14}{sa:>14}{change:>10}")
     lines.append(f"  (counted from the IR for the example input shapes)")
+    lines += format_energy(rec)
     for p in rec.passes:
         ch = p.get("changes", {})
         extra = ""
@@ -68,3 +69,31 @@ def format_record(rec: Record, top_layers: int = 8) -> str:
         for name, sb, sa in sorted(layers, key=lambda t: -size(t[1]))[:top_layers]:
             lines.append(f"    {name:48} {str(sb):>20} -> {sa if sa else 'removed'}")
     return "\n".join(lines)
+
+
+def _energy_value(x: float, unit: str) -> str:
+    if unit == "pJ":
+        return f"{x / 1e9:.3f} mJ"
+    return f"{x:.3g} {unit}"
+
+
+def format_energy(rec: Record, top: int = 5) -> list[str]:
+    eb, ea = rec.energy_before, rec.energy_after
+    if not eb:
+        return []
+    unit = eb["unit"]
+    lines = [f"  energy per inference, {eb['source']}:"]
+    for k in ("compute", "memory", "static", "total"):
+        change = f"{(ea[k] - eb[k]) / eb[k] * 100:+.1f}%" if eb[k] else "-"
+        lines.append(f"    {k:16}{_energy_value(eb[k], unit):>14}"
+                     f"{_energy_value(ea[k], unit):>14}{change:>10}")
+    lines.append(f"    {'latency (model)':16}{eb['latency_s'] * 1e3:>11.2f} ms"
+                 f"{ea['latency_s'] * 1e3:>11.2f} ms")
+    hot = sorted(rec.energy_nodes_before.items(), key=lambda kv: -kv[1][2])[:top]
+    if hot:
+        lines.append(f"    hot spots before pruning (modelled):")
+        for name, (scope, op, e) in hot:
+            after = rec.energy_nodes_after.get(name, [None, None, 0.0])[2]
+            lines.append(f"      {(scope or name)[:40]:40} {op:10} {_energy_value(e, unit):>12}"
+                         f" -> {_energy_value(after, unit)}")
+    return lines

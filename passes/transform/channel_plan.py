@@ -29,6 +29,14 @@ PLAN_OPTIONS = (
     Option("exact-only", bool, False, "only prune groups whose removal equals zeroing "
            "(skips channels normalised by layer/group norm)"),
     Option("seed", int, 0, "seed of the random importance"),
+    Option("target-macs", str, "", "MACs budget instead of a ratio: absolute (2e9) or "
+           "relative (0.5x); channels are ranked globally"),
+    Option("target-energy", str, "", "modelled energy budget in mJ per inference (3.5) or "
+           "relative (0.5x), with `profile`; channels are ranked globally"),
+    Option("energy-aware", bool, False, "divide each channel's importance by the modelled "
+           "energy it costs (with `profile`)"),
+    Option("profile", str, "x86-epyc", "hardware profile for energy-aware importance and "
+           "target-energy"),
 )
 
 

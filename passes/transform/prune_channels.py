@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from prunepass.errors import VerificationError
+from prunepass.errors import PipelineError, VerificationError
+from prunepass.passes.transform.budget import metric_fn, parse_target, search_ratio
 from prunepass.pm import PreservedAnalyses, TransformPass, TransformResult, register
 from prunepass.passes.transform.channel_plan import PLAN_OPTIONS, choose_removed
 
@@ -16,11 +17,51 @@ def relative_error(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return err
 
 
+def class_energy(graph, cg, energy) -> np.ndarray:  # noqa: ANN001
+    """Modelled energy each channel class is responsible for: every node's energy shared
+    out over the channels of the parameters it reads."""
+    cost = np.zeros(cg.n_classes)
+    by_node = {n.node: n.total for n in energy.nodes}
+    for node in graph.nodes:
+        e = by_node.get(node.name, 0.0)
+        if e <= 0:
+            continue
+        for v in node.inputs:
+            if v.kind != "param":
+                continue
+            for axis in range(v.ndim):
+                cls = cg.classes_of(v.name, axis)
+                np.add.at(cost, cls, e / len(cls))
+    return cost
+
+
 def plan_keep(graph, am, opts):  # noqa: ANN001, ANN201
+    """(channel groups, removed-class mask, group summaries, keep per value axis)."""
+    return plan_with_budget(graph, am, opts)[:4]
+
+
+def plan_with_budget(graph, am, opts):  # noqa: ANN001, ANN201
+    """plan_keep, plus the budget search summary when a target was given (else None)."""
     cg = am.get("channel-groups")
     scores = am.get("importance", criterion=opts["importance"], seed=opts["seed"])
-    removed, groups = choose_removed(cg, scores, opts)
-    return cg, removed, groups, cg.keep_for(removed)
+    if opts["energy-aware"]:
+        cost = class_energy(graph, cg, am.get("energy", profile=opts["profile"]))
+        scores = scores / (cost + cost[cost > 0].mean() * 1e-3 if (cost > 0).any() else 1.0)
+    budget = None
+    if opts["target-macs"] or opts["target-energy"]:
+        if opts["target-macs"] and opts["target-energy"]:
+            raise PipelineError("prune-channels: give target-macs or target-energy, not both")
+        kind = "macs" if opts["target-macs"] else "energy"
+        target, relative = parse_target(opts[f"target-{kind}"], f"target-{kind}")
+        global_opts = {**opts, "scope": "global"}
+        removed, budget = search_ratio(
+            graph, cg, lambda r: choose_removed(cg, scores, {**global_opts, "ratio": r})[0],
+            metric_fn(kind, opts["profile"]), target, relative, opts["max-ratio"],
+            "MACs" if kind == "macs" else "energy (mJ, modelled)")
+        _, groups = choose_removed(cg, scores, {**global_opts, "ratio": budget["ratio"]})
+    else:
+        removed, groups = choose_removed(cg, scores, opts)
+    return cg, removed, groups, cg.keep_for(removed), budget
 
 
 def state_keep(graph, keep):  # noqa: ANN001, ANN201
@@ -38,8 +79,9 @@ class _ChannelTransform(TransformPass):
     mode = "remove"
 
     def run(self, graph, am) -> TransformResult:  # noqa: ANN001
-        cg, removed, groups, keep = plan_keep(graph, am, self.opts)
+        cg, removed, groups, keep, budget = plan_with_budget(graph, am, self.opts)
         changes = {"removed_classes": int(removed.sum()),
+                   **({"budget": budget} if budget else {}),
                    "groups": [g for g in groups if g["kept"] < g["channels"]],
                    "groups_total": len(groups),
                    "groups_pruned": sum(g["kept"] < g["channels"] for g in groups),
@@ -70,10 +112,3 @@ class PruneChannels(_ChannelTransform):
     """Physically remove the least important channels of every coupled group."""
     name = "prune-channels"
     mode = "remove"
-
-
-@register
-class MaskChannels(_ChannelTransform):
-    """Zero the channels prune-channels would remove, keeping shapes (quick evaluation)."""
-    name = "mask"
-    mode = "mask"

@@ -10,8 +10,10 @@ from prunepass.pm.registry import lookup
 
 class AnalysisManager:
     def __init__(self, model: ModelAdapter, calibration: Any = None, loss_fn: Any = None,
-                 check_numerics: bool = False) -> None:
+                 check_numerics: bool = False, energy_profile: str | None = None) -> None:
         self.model = model
+        self.energy_profile = energy_profile  # when set, records carry modelled energy
+        self.node_latency: dict[str, float] | None = None  # measured, when a backend has it
         self.calibration = calibration  # inputs for data-driven analyses (Taylor)
         self.loss_fn = loss_fn
         self.check_numerics = check_numerics

@@ -1,0 +1,90 @@
+"""Budgets: find the pruning amount that meets a MACs or energy target.
+
+A plan's cost is evaluated without touching the model: the IR's value shapes are set to
+what the plan keeps, the cost (and energy) analyses run on that, and the shapes are put
+back. Bisection over the global ratio then finds the least pruning that meets the target;
+with global scope the ratio is spread unevenly over groups by (normalised) importance."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from prunepass.errors import PipelineError, PlanError
+from prunepass.ir.graph import Graph
+
+
+def parse_target(text: str, option: str) -> tuple[float, bool]:
+    """'0.5x' -> (0.5, relative); '1.2e9' -> (1.2e9, absolute)."""
+    t = text.strip().lower()
+    try:
+        if t.endswith("x"):
+            value, relative = float(t[:-1]), True
+        else:
+            value, relative = float(t), False
+    except ValueError:
+        raise PipelineError(f"option {option!r} of pass 'prune-channels' expects a number or a "
+                            f"ratio like 0.5x, got {text!r}") from None
+    if value <= 0 or (relative and value >= 1):
+        raise PipelineError(f"option {option!r} of pass 'prune-channels' must be positive "
+                            f"(and below 1x when relative), got {text!r}")
+    return value, relative
+
+
+@contextmanager
+def planned_shapes(graph: Graph, keep: dict[tuple[str, int], np.ndarray]) -> Iterator[Graph]:
+    values = {v.name: v for v in graph.values()}
+    saved = {}
+    try:
+        for (name, axis), idx in keep.items():
+            v = values[name]
+            saved.setdefault(id(v), (v, v.shape))
+            shape = list(v.shape)
+            shape[axis] = len(idx)
+            v.shape = tuple(shape)
+        yield graph
+    finally:
+        for v, shape in saved.values():
+            v.shape = shape
+
+
+def metric_fn(kind: str, profile: str) -> Callable[[Graph], float]:
+    from prunepass.passes.analysis.cost import compute_cost
+    if kind == "macs":
+        return lambda g: float(compute_cost(g).totals["macs"])
+    from prunepass.hardware import load_profile
+    from prunepass.passes.analysis.energy import compute_energy
+    prof = load_profile(profile)
+    if prof.unit != "pJ":
+        raise PipelineError(f"target-energy needs a profile in pJ; {prof.name} is in {prof.unit}")
+    return lambda g: compute_energy(g, compute_cost(g), prof).totals["total"] / 1e9  # mJ
+
+
+def search_ratio(graph: Graph, cg, choose: Callable[[float], np.ndarray],  # noqa: ANN001
+                 metric: Callable[[Graph], float], target: float, relative: bool,
+                 max_ratio: float, what: str, steps: int = 16) -> tuple[np.ndarray, dict[str, Any]]:
+    """The smallest ratio whose plan meets ``target``; returns (removed mask, summary)."""
+    dense = metric(graph)
+    goal = target * dense if relative else target
+
+    def evaluate(r: float) -> tuple[np.ndarray, float]:
+        removed = choose(r)
+        with planned_shapes(graph, cg.keep_for(removed)):
+            return removed, metric(graph)
+
+    best, best_val = evaluate(max_ratio)
+    if best_val > goal:
+        raise PlanError(f"{what} budget {goal:.4g} cannot be met: pruning every group by "
+                        f"max-ratio={max_ratio} reaches {best_val:.4g} (dense {dense:.4g}); "
+                        "channels behind barriers, inputs and outputs are kept")
+    lo, hi = 0.0, max_ratio
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        removed, val = evaluate(mid)
+        if val <= goal:
+            hi, best, best_val = mid, removed, val
+        else:
+            lo = mid
+    return best, {"budget": what, "target": goal, "dense": dense, "achieved": best_val,
+                  "ratio": hi}
