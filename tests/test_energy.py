@@ -103,17 +103,24 @@ def test_energy_drops_monotonically_with_pruning():
 
 def test_calibration_recovers_known_coefficients():
     rng = np.random.default_rng(0)
-    truth = {"s_per_mac": 2.0e-11, "s_per_byte": 1.5e-10, "s_per_node": 3e-5}
+    per_mac = {"conv": 2.0e-11, "grouped_conv": 9.0e-11, "gemm": 1.2e-11}
+    truth = {"s_per_byte": 1.5e-10, "s_per_node": 3e-5}
     e_truth = {"j_per_mac": 1.2e-10, "j_per_byte": 4e-10, "static_w": 3.0}
     runs = []
     for i in range(12):
-        macs, moved, nodes = rng.uniform(1e8, 5e9), rng.uniform(1e7, 4e8), int(rng.integers(20, 300))
-        t = truth["s_per_mac"] * macs + truth["s_per_byte"] * moved + truth["s_per_node"] * nodes
-        e = e_truth["j_per_mac"] * macs + e_truth["j_per_byte"] * moved + e_truth["static_w"] * t
+        macs = {k: rng.uniform(1e7, 3e9) for k in per_mac}
+        moved, nodes = rng.uniform(1e7, 4e8), int(rng.integers(20, 300))
+        t = sum(per_mac[k] * macs[k] for k in macs) + truth["s_per_byte"] * moved + \
+            truth["s_per_node"] * nodes
+        e = e_truth["j_per_mac"] * sum(macs.values()) + e_truth["j_per_byte"] * moved + \
+            e_truth["static_w"] * t
         runs.append(Run(f"m{i}", macs, moved, nodes, t, e))
     cal = calibrate(load_profile("x86-epyc"), runs, "synthetic", "2026-11-23")
+    lm = cal.profile.extra["latency_model"]
+    for k, v in per_mac.items():
+        assert lm["s_per_mac"][k] == pytest.approx(v, rel=1e-3)
     for k, v in truth.items():
-        assert cal.profile.extra["latency_model"][k] == pytest.approx(v, rel=1e-3)
+        assert lm[k] == pytest.approx(v, rel=1e-3)
     for k, v in e_truth.items():
         assert cal.profile.extra["energy_model"][k] == pytest.approx(v, rel=1e-3)
     assert cal.mean_abs_pct_error("latency") < 1e-3
@@ -135,7 +142,8 @@ def test_calibrated_profile_round_trips_and_drives_the_analysis(tmp_path):
     macs, moved, nodes = features(g, compute_cost(g))
     lm = again.extra["latency_model"]
     assert e.totals["latency_s"] == pytest.approx(
-        lm["s_per_mac"] * macs + lm["s_per_byte"] * moved + lm["s_per_node"] * nodes)
+        sum(lm["s_per_mac"][k] * m for k, m in macs.items()) + lm["s_per_byte"] * moved
+        + lm["s_per_node"] * nodes)
 
 
 def _fake_rapl(root, value: int, rng: int = 1000):

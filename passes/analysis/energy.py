@@ -67,7 +67,7 @@ def node_dtype(graph_node) -> str:  # noqa: ANN001
 
 def compute_energy(graph: Graph, cost, profile: HardwareProfile,  # noqa: ANN001
                    node_latency: dict[str, float] | None = None) -> Energy:
-    from prunepass.hardware.calibrate import VIEW_OPS
+    from prunepass.hardware.calibrate import VIEW_OPS, latency_of, mac_kind
     rows = []
     by_name = {n.name: n for n in graph.nodes}
     lat_model = profile.extra.get("latency_model")  # from calibration, when fitted
@@ -81,8 +81,8 @@ def compute_energy(graph: Graph, cost, profile: HardwareProfile,  # noqa: ANN001
         if node_latency is not None and c.node in node_latency:
             latency = node_latency[c.node]
         elif lat_model:
-            latency = (lat_model["s_per_mac"] * c.macs + lat_model["s_per_byte"] * moved
-                       + (lat_model["s_per_node"] if node.op not in VIEW_OPS else 0.0))
+            latency = latency_of(lat_model, mac_kind(node), c.macs, moved,
+                                 node.op not in VIEW_OPS)
         else:
             latency = max(c.macs / profile.peak(dtype), moved / (level.bandwidth_gbs * 1e9))
         if e_model:

@@ -56,6 +56,8 @@ def metric_fn(kind: str, profile: str) -> Callable[[Graph], float]:
     from prunepass.hardware import load_profile
     from prunepass.passes.analysis.energy import compute_energy
     prof = load_profile(profile)
+    if kind == "latency":
+        return lambda g: compute_energy(g, compute_cost(g), prof).totals["latency_s"] * 1e3
     if prof.unit != "pJ":
         raise PipelineError(f"target-energy needs a profile in pJ; {prof.name} is in {prof.unit}")
     return lambda g: compute_energy(g, compute_cost(g), prof).totals["total"] / 1e9  # mJ

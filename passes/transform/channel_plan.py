@@ -29,10 +29,15 @@ PLAN_OPTIONS = (
     Option("exact-only", bool, False, "only prune groups whose removal equals zeroing "
            "(skips channels normalised by layer/group norm)"),
     Option("seed", int, 0, "seed of the random importance"),
+    Option("group-ratios", list, [], "per-group ratios overriding `ratio`, as "
+           "[PARAM:RATIO,...] where PARAM is a group's first producer (see `prunepass groups`)"),
     Option("target-macs", str, "", "MACs budget instead of a ratio: absolute (2e9) or "
            "relative (0.5x); channels are ranked globally"),
     Option("target-energy", str, "", "modelled energy budget in mJ per inference (3.5) or "
            "relative (0.5x), with `profile`; channels are ranked globally"),
+    Option("target-latency-ms", str, "", "latency budget in ms (12.5) or relative (0.5x), "
+           "predicted by `profile`'s latency model (roofline, or calibrated: see "
+           "prunepass.hardware.calibrate)"),
     Option("energy-aware", bool, False, "divide each channel's importance by the modelled "
            "energy it costs (with `profile`)"),
     Option("profile", str, "x86-epyc", "hardware profile for energy-aware importance and "
@@ -92,8 +97,10 @@ def choose_removed(cg, scores: np.ndarray, opts: dict[str, Any]) -> tuple[np.nda
             removed[chosen] = True
     else:
         segment = _segments(cg)
+        per_group = parse_group_ratios(opts.get("group-ratios") or [], cg)
         for g, cand in eligible:
-            want = g.size - _kept_count(g.size, int(round(ratio * g.size)), opts)
+            r = per_group.get(g.id, ratio)
+            want = g.size - _kept_count(g.size, int(round(r * g.size)), opts)
             for seg_cand, quota in _split_quota(g, cand, segment, want):
                 order = np.argsort(scores[seg_cand], kind="stable")
                 removed[seg_cand[order[:quota]]] = True
@@ -150,4 +157,30 @@ def _split_quota(group, cand: np.ndarray, segment: np.ndarray, want: int):  # no
         q = min(q, len(mine), c - 1)  # every segment keeps at least one channel
         if q > 0:
             out.append((mine, q))
+    return out
+
+
+def parse_group_ratios(items: list[str], cg) -> dict[int, float]:  # noqa: ANN001
+    """["layer1.0.conv1.weight:0.3", ...] -> {group id: ratio}; a group is named by any
+    of its producer parameters."""
+    from prunepass.errors import PipelineError
+    if not items:
+        return {}
+    by_param = {p: g.id for g in cg.groups for p, _ in g.producers}
+    out = {}
+    for item in items:
+        name, sep, value = item.rpartition(":")
+        if not sep:
+            raise PipelineError(f"group-ratios entry {item!r} must be PARAM:RATIO")
+        try:
+            r = float(value)
+        except ValueError:
+            raise PipelineError(f"group-ratios entry {item!r}: {value!r} is not a number") \
+                from None
+        if not 0 <= r < 1:
+            raise PipelineError(f"group-ratios entry {item!r}: the ratio must be in [0, 1)")
+        if name not in by_param:
+            raise PipelineError(f"group-ratios entry {item!r}: no group is produced by "
+                                f"{name!r} (`prunepass groups MODEL` lists them)")
+        out[by_param[name]] = r
     return out

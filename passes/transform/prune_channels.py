@@ -48,16 +48,19 @@ def plan_with_budget(graph, am, opts):  # noqa: ANN001, ANN201
         cost = class_energy(graph, cg, am.get("energy", profile=opts["profile"]))
         scores = scores / (cost + cost[cost > 0].mean() * 1e-3 if (cost > 0).any() else 1.0)
     budget = None
-    if opts["target-macs"] or opts["target-energy"]:
-        if opts["target-macs"] and opts["target-energy"]:
-            raise PipelineError("prune-channels: give target-macs or target-energy, not both")
-        kind = "macs" if opts["target-macs"] else "energy"
+    targets = [k for k in ("macs", "energy", "latency-ms") if opts[f"target-{k}"]]
+    if targets:
+        if len(targets) > 1:
+            raise PipelineError("prune-channels: give one of target-macs, target-energy, "
+                                f"target-latency-ms, not {' and '.join(targets)}")
+        kind = targets[0]
         target, relative = parse_target(opts[f"target-{kind}"], f"target-{kind}")
         global_opts = {**opts, "scope": "global"}
         removed, budget = search_ratio(
             graph, cg, lambda r: choose_removed(cg, scores, {**global_opts, "ratio": r})[0],
-            metric_fn(kind, opts["profile"]), target, relative, opts["max-ratio"],
-            "MACs" if kind == "macs" else "energy (mJ, modelled)")
+            metric_fn(kind.split("-")[0], opts["profile"]), target, relative, opts["max-ratio"],
+            {"macs": "MACs", "energy": "energy (mJ, modelled)",
+             "latency-ms": f"latency (ms, predicted by {opts['profile']})"}[kind])
         _, groups = choose_removed(cg, scores, {**global_opts, "ratio": budget["ratio"]})
     else:
         removed, groups = choose_removed(cg, scores, opts)

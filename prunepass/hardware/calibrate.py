@@ -1,6 +1,8 @@
 """Fit a profile to measurements by non-negative least squares.
 
-Latency:  t = s_per_mac * MACs + s_per_byte * bytes moved + s_per_node * compute nodes
+Latency:  t = sum_k s_per_mac[k] * MACs_k + s_per_byte * bytes moved + s_per_node * nodes
+          (k: dense conv, grouped/depthwise conv, matrix products; they run at very
+          different speeds per MAC on CPUs)
 Energy:   E = j_per_mac * MACs + j_per_byte * bytes moved + static_w * t_measured
 
 The features come from the IR (cost analysis) of each measured model variant, so dense and
@@ -24,20 +26,42 @@ VIEW_OPS = {ops.RESHAPE, ops.PERMUTE, ops.EXPAND, ops.SELECT, ops.SLICE, ops.FIL
             ops.CONSTANT}
 
 
+MAC_KINDS = ("conv", "grouped_conv", "gemm")
+
+
+def mac_kind(node) -> str:  # noqa: ANN001
+    if node.op == ops.CONV:
+        return "grouped_conv" if node.attrs.get("groups", 1) > 1 else "conv"
+    return "gemm"
+
+
 @dataclass
 class Run:
-    """One measured model variant."""
+    """One measured model variant. ``macs`` is a total or a dict by MAC_KINDS."""
     name: str
-    macs: float
+    macs: float | dict[str, float]
     bytes: float
     nodes: int
     latency_s: float  # measured
     energy_j: float | None = None  # measured, where a meter exists
 
+    def mac_vector(self) -> list[float]:
+        if isinstance(self.macs, dict):
+            return [float(self.macs.get(k, 0.0)) for k in MAC_KINDS]
+        return [float(self.macs), 0.0, 0.0]
 
-def features(graph, cost) -> tuple[float, float, int]:  # noqa: ANN001
-    """(MACs, bytes read+written, compute nodes) of a graph from its cost analysis."""
-    macs = float(cost.totals["macs"])
+    @property
+    def total_macs(self) -> float:
+        return sum(self.mac_vector())
+
+
+def features(graph, cost) -> tuple[dict[str, float], float, int]:  # noqa: ANN001
+    """(MACs by kind, bytes read+written, compute nodes) of a graph from its cost."""
+    by_name = {n.name: n for n in graph.nodes}
+    macs = {k: 0.0 for k in MAC_KINDS}
+    for c in cost.nodes:
+        if c.macs:
+            macs[mac_kind(by_name[c.node])] += c.macs
     moved = float(sum(c.read_bytes + c.act_bytes for c in cost.nodes))
     nodes = sum(1 for n in graph.nodes if n.op not in VIEW_OPS)
     return macs, moved, nodes
@@ -65,20 +89,33 @@ class Calibration:
         return float(np.mean([abs(r.rel_error) for r in rows]) * 100) if rows else float("nan")
 
 
-def fit_latency(runs: list[Run]) -> tuple[dict[str, float], list[FitRow]]:
-    a = np.array([[r.macs, r.bytes, r.nodes] for r in runs], dtype=float)
+def fit_latency(runs: list[Run]) -> tuple[dict, list[FitRow]]:
+    a = np.array([[*r.mac_vector(), r.bytes, r.nodes] for r in runs], dtype=float)
     y = np.array([r.latency_s for r in runs])
     scale = np.where(a.max(0) > 0, a.max(0), 1.0)  # conditioning: solve on scaled columns
     coef, _ = nnls(a / scale, y)
     coef = coef / scale
-    model = {"s_per_mac": float(coef[0]), "s_per_byte": float(coef[1]),
-             "s_per_node": float(coef[2])}
+    used = a.max(0) > 0
+    per_mac = {k: float(c) for k, c, u in zip(MAC_KINDS, coef, used)}
+    if not used[1]:  # no grouped convs measured: assume they cost what dense ones do
+        per_mac["grouped_conv"] = per_mac["conv"]
+    if not used[2]:
+        per_mac["gemm"] = per_mac["conv"]
+    model = {"s_per_mac": per_mac, "s_per_byte": float(coef[3]), "s_per_node": float(coef[4])}
     pred = a @ coef
     return model, [FitRow(r.name, r.latency_s, float(p)) for r, p in zip(runs, pred)]
 
 
+def latency_of(model: dict, kind: str, macs: float, moved: float, is_compute: bool) -> float:
+    per_mac = model["s_per_mac"]
+    per_mac = per_mac.get(kind, per_mac.get("conv", 0.0)) if isinstance(per_mac, dict) \
+        else per_mac
+    return per_mac * macs + model["s_per_byte"] * moved + \
+        (model["s_per_node"] if is_compute else 0.0)
+
+
 def fit_energy(runs: list[Run]) -> tuple[dict[str, float], list[FitRow]]:
-    a = np.array([[r.macs, r.bytes, r.latency_s] for r in runs], dtype=float)
+    a = np.array([[r.total_macs, r.bytes, r.latency_s] for r in runs], dtype=float)
     y = np.array([r.energy_j for r in runs], dtype=float)
     scale = np.where(a.max(0) > 0, a.max(0), 1.0)
     coef, _ = nnls(a / scale, y)
