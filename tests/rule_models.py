@@ -210,3 +210,17 @@ EXACT_CASES = {
     "embedding": (EmbeddingMLP, lambda: (torch.randint(0, 20, (3, 4)),)),
     "conv-transpose": (ConvTranspose, lambda: (torch.randn(*IMG),)),
 }
+
+
+class SliceRange(nn.Module):  # a contiguous slice of channels: bounds move with pruning
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 12, 1)
+        self.b, self.c = nn.Conv2d(4, 5, 1), nn.Conv2d(12, 5, 1)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        return self.b(y[:, 4:8]) + self.c(y)
+
+
+EXACT_CASES["slice-range"] = (SliceRange, lambda: (torch.randn(*IMG),))

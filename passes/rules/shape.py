@@ -73,31 +73,26 @@ def reshape(node: Node, ctx: RuleContext) -> None:
         tracked = [a for a in ins if ctx.is_tracked(x, a) and x.shape[a] > 1]
         if not tracked:
             continue
-        if len(tracked) > 1:
-            for a in ins:
-                ctx.pin(x, a, "reshape mixes two channel axes")
-            for a in outs:
-                ctx.pin(out, a, "reshape mixes two channel axes")
-            continue
-        # One channel axis in, several axes out (or the reverse): tie it to the output axis
-        # that keeps the most independent channels: (3*C) -> (3, C) keeps C; C -> (heads,
-        # head_dim) keeps head_dim; (C, H, W) -> C*H*W keeps C blocks of H*W.
-        p = tracked[0]
+        # Tie one channel axis in to one axis out: the pair that keeps the most independent
+        # channels. (3*C) -> (3, C) keeps C; C -> (heads, head_dim) keeps head_dim;
+        # (C, H, W) -> C*H*W keeps C blocks of H*W; (heads, head_dim) -> C keeps head_dim.
+        # Every other axis of the block is pinned: it is bound to the tied ones.
         in_shape = [x.shape[a] for a in ins]
         out_shape = [out.shape[a] for a in outs]
-        ia = _coords(in_shape, ins.index(p))
         best = None
-        for q in outs:
-            if out.shape[q] == 1:
-                continue
-            ib = _coords(out_shape, outs.index(q))
-            pairs = np.unique(np.stack([ia, ib], 1), axis=0)
-            n = _classes(pairs[:, 0], pairs[:, 1], x.shape[p], out.shape[q])
-            if best is None or n > best[0]:
-                best = (n, q, pairs)
+        for p in tracked:
+            ia = _coords(in_shape, ins.index(p))
+            for q in outs:
+                if out.shape[q] == 1:
+                    continue
+                ib = _coords(out_shape, outs.index(q))
+                pairs = np.unique(np.stack([ia, ib], 1), axis=0)
+                n = _classes(pairs[:, 0], pairs[:, 1], x.shape[p], out.shape[q])
+                if best is None or n > best[0]:
+                    best = (n, p, q, pairs)
         if best is None:
             continue
-        _, q, pairs = best
+        _, p, q, pairs = best
         ctx.link(x, p, out, q, pairs[:, 0], pairs[:, 1])
         for a in ins:
             if a != p:
@@ -180,11 +175,16 @@ def slice_(node: Node, ctx: RuleContext) -> None:
     x, axis, out = node.inputs[0], node.attrs["axis"], node.output
     for a in _others(x, axis):
         ctx.link(x, a, out, a)
-    if x.shape[axis] == out.shape[axis]:
-        ctx.link(x, axis, out, axis)
+    n = x.shape[axis]
+    start = node.attrs["start"] or 0
+    start = max(0, start + n if start < 0 else min(start, n))
+    if node.attrs["step"] == 1 and isinstance(start, int):
+        # a contiguous range: its channels are the input's, offset; the adapter moves the
+        # bounds when channels before or inside the range go
+        ctx.link(out, axis, x, axis, None, np.arange(start, start + out.shape[axis]))
     else:
-        ctx.pin(x, axis, "sliced by position")
-        ctx.pin(out, axis, "sliced by position")
+        ctx.pin(x, axis, "strided slice")
+        ctx.pin(out, axis, "strided slice")
 
 
 @rule(ops.INDEX)

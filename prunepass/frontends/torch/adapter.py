@@ -11,6 +11,7 @@ import torch.fx as fx
 
 from prunepass.errors import PlanError, VerificationError, TraceError
 from prunepass.frontends.base import ModelAdapter
+from prunepass.frontends.torch import weight_masks
 from prunepass.frontends.torch.aten_map import SIZE_ARG, _base_name, bind
 from prunepass.frontends.torch.to_ir import build_graph, fetch_attr
 from prunepass.frontends.torch.trace import trace
@@ -90,6 +91,7 @@ class TorchModel(ModelAdapter):
 
     def rebuild(self) -> None:
         self.graph: Graph = build_graph(self.gm, self._inputs, self.name)
+        weight_masks.mark_params(self.graph, self.gm)
         self.fx_nodes = {n.name: n for n in self.gm.graph.nodes}
 
     def clone(self) -> "TorchModel":
@@ -121,7 +123,7 @@ class TorchModel(ModelAdapter):
                  if p.grad is not None}
         for p in params.values():
             p.grad = None
-        return grads
+        return weight_masks.public_names(grads)
 
     def run(self, inputs: Sequence[Any] | None = None) -> list[np.ndarray]:
         was = self.gm.training
@@ -134,7 +136,8 @@ class TorchModel(ModelAdapter):
     # -- transforms -------------------------------------------------------------------
     def apply_keep(self, keep: dict[tuple[str, int], np.ndarray], mode: str) -> None:
         if mode == "remove":
-            self._remove(keep)
+            with weight_masks.follow_slices(self, keep):
+                self._remove(keep)
         elif mode == "mask":
             self._mask(keep)
         else:
@@ -173,12 +176,13 @@ class TorchModel(ModelAdapter):
 
         # 2. rewrite shape constants and shape-dependent attributes of each node
         for node in g.nodes:
-            if not any(o.name in by_value for o in node.outputs) and not (
-                    node.op == ops.ATTENTION and node.inputs[0].name in by_value):
+            reads_changed = node.op in (ops.ATTENTION, ops.SLICE) and \
+                node.inputs[0].name in by_value
+            if not any(o.name in by_value for o in node.outputs) and not reads_changed:
                 continue
-            self._rewrite_node(node, new_shape)
+            self._rewrite_node(node, new_shape, by_value)
 
-    def _rewrite_node(self, node: Node, new_shape) -> None:
+    def _rewrite_node(self, node: Node, new_shape, by_value) -> None:  # noqa: ANN001
         fxn = self.fx_nodes[node.name]
         base = _base_name(fxn.target)
         out = node.outputs[0]
@@ -221,6 +225,17 @@ class TorchModel(ModelAdapter):
             if groups > 1 and not node.attrs["transposed"] and w.shape[1] == 1:
                 # depthwise: a group is one input channel, so the group count follows it
                 set_arg(fxn, "groups", new_shape(node.inputs[0])[1])
+        elif node.op == ops.SLICE:
+            x, axis = node.inputs[0], node.attrs["axis"]
+            kept = by_value.get(x.name, {}).get(axis)
+            if kept is not None:
+                n = x.shape[axis]
+                start = node.attrs["start"] or 0
+                start = max(0, start + n if start < 0 else min(start, n))
+                end = start + out.shape[axis]
+                new_start = int((kept < start).sum())
+                set_arg(fxn, "start", new_start)
+                set_arg(fxn, "end", new_start + int(((kept >= start) & (kept < end)).sum()))
         elif node.op == ops.LAYERNORM:
             set_arg(fxn, "normalized_shape", shape[-node.attrs["ndims"]:])
         elif node.op == ops.ATTENTION:
@@ -320,15 +335,23 @@ class TorchModel(ModelAdapter):
         before = len(graph.nodes)
         graph.eliminate_dead_code()  # keeps in-place ops: they may write into a live view
         used = {n.target for n in graph.nodes if n.op == "get_attr"}
+        used |= weight_masks.internal_state(self.gm, used)
         for name, _ in list(self.gm.named_parameters()) + list(self.gm.named_buffers()):
             if name not in used and not name.endswith("num_batches_tracked"):
                 mod, leaf = _owner(self.gm, name)
                 mod._parameters.pop(leaf, None)
                 mod._buffers.pop(leaf, None)
         removed = before - len(graph.nodes)
-        if recompile:
+        if recompile and removed:
             self._recompile("remove dead nodes")
         return removed
+
+    def set_weight_masks(self, masks: dict[str, np.ndarray]) -> None:
+        weight_masks.apply(self.gm, masks)
+        self.rebuild()
+
+    def weight_masks(self) -> dict[str, np.ndarray]:
+        return weight_masks.read(self.gm)
 
     def materialize(self) -> torch.nn.Module:
         from prunepass.frontends.torch.materialize import trainable_module

@@ -27,9 +27,20 @@ def fetch_attr(gm: torch.nn.Module, target: str) -> Any:
     return obj
 
 
+# Shape-preserving ops whose meta implementation decomposes into many small ops: their
+# output is shaped like their input, so they are answered directly.
+_SAME_SHAPE = {torch.ops.aten.batch_norm.default, torch.ops.aten.layer_norm.default,
+               torch.ops.aten.group_norm.default, torch.ops.aten.instance_norm.default}
+
+
 class _MetaShapes(fx.Interpreter):
     """Runs the graph on the meta device: shapes and dtypes only, no data, no copies of
     the weights. Several times faster than fake-tensor propagation on large graphs."""
+
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if target in _SAME_SHAPE:
+            return torch.empty_like(args[0])
+        return super().call_function(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
