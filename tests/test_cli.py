@@ -39,3 +39,11 @@ def test_groups_lists_groups_and_barriers(capsys):
     text = capsys.readouterr().out
     assert "channel groups in torchvision:shufflenet_v2_x0_5" in text
     assert "stage2.0.branch1.2.weight[0]" in text
+
+
+def test_run_a_module_factory(capsys):
+    assert main(["run", "tests.rule_models:Residual", "--input-shape", "2,3,8,8", "-q",
+                 "-p", "prune-channels<ratio=0.5>"]) == 0
+    assert "groups pruned 1/2" in capsys.readouterr().out
+    assert main(["run", "tests.rule_models:Residual", "-q"]) == 2
+    assert "--input-shape" in capsys.readouterr().err

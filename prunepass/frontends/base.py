@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from prunepass.errors import PlanError
 from prunepass.ir.graph import Graph, Node
 
 
@@ -43,6 +44,15 @@ class ModelAdapter(ABC):
     @abstractmethod
     def erase_dead(self) -> int:
         """Remove nodes and state whose results are never used; return how many."""
+
+    def set_weight_masks(self, masks: dict[str, np.ndarray]) -> None:
+        """Multiply each named parameter by a 0/1 mask of its shape that stays in the native
+        model (through materialize() and fine-tuning). Masks on one weight multiply."""
+        raise PlanError(f"weight masks are not supported by the {self.frontend} frontend")
+
+    def weight_masks(self) -> dict[str, np.ndarray]:
+        """The weight masks in the model, by parameter name (bool arrays)."""
+        return {}
 
     @abstractmethod
     def run(self, inputs: Sequence[Any] | None = None) -> list[np.ndarray]:
