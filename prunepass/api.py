@@ -70,8 +70,8 @@ def apply_record(model: Any, example_inputs: Sequence[Any] | Any, record: Record
             if not applied:
                 passes.append(ApplyRecord(record=rec))
                 applied = True
-        elif p.name != "mask":
-            passes.append(p)
+        elif p.name != "mask" or p["granularity"] == "weight":
+            passes.append(p)  # weight masks are recomputed: records keep no masks
     if not applied:
         passes.insert(0, ApplyRecord(record=rec))
     return prune(model, example_inputs, PassManager(passes), **kw)

@@ -16,14 +16,18 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
 def save_model(module: Any, example_inputs: tuple, out: str) -> str:
     """``.pt2``: a torch.export archive (load with torch.export.load(p).module());
-    ``.pt``: the whole module pickled (torch.load(p, weights_only=False))."""
+    ``.pt``: the whole module pickled (torch.load(p, weights_only=False)). torch cannot
+    pickle parametrized modules, so weight masks are folded into the weights there (the
+    zeros stay; the .pt2 archive keeps the masks themselves)."""
     import torch
+    from prunepass.frontends.torch import weight_masks
     from prunepass.frontends.torch.trace import export_program
     path = Path(out)
     if path.suffix == ".pt2":
         torch.export.save(export_program(module, tuple(example_inputs)), str(path))
     elif path.suffix == ".pt":
-        torch.save(module, str(path))
+        torch.save(weight_masks.bake(module) if weight_masks.read(module) else module,
+                   str(path))
     else:
         raise PrunepassError(f"output {out!r}: use a .pt2 (torch.export archive) or .pt "
                              "(pickled module) file name")
@@ -62,6 +66,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  progress=not args.quiet, energy_profile=args.profile)
     result.record.model = args.model
     print(format_record(result.record))
+    if args.sparsity:
+        from prunepass.passes.analysis.sparsity import format_sparsity
+        from prunepass.pm import AnalysisManager
+        print("sparsity:")
+        print(format_sparsity(AnalysisManager(result.adapter).get("sparsity"), top=args.top))
     if args.report:
         result.record.save(args.report)
         print(f"record written to {args.report}")
@@ -142,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--check-numerics", action="store_true",
                    help="compare each pruned model with the masked original")
     s.add_argument("--dump-ir", metavar="DIR", help="write the IR before/after each pass")
+    s.add_argument("--sparsity", action="store_true",
+                   help="print zeros per weight layer, effective parameters, stored sizes")
+    s.add_argument("--top", type=int, default=None, help="with --sparsity: largest N layers")
     s.add_argument("--profile", help="hardware profile (name or YAML) for modelled energy, "
                    "e.g. x86-epyc, arm-cortex-a72, nvidia-h100, horowitz-45nm")
     s.add_argument("--plot", metavar="PNG", help="with --profile: energy per layer chart")

@@ -49,6 +49,11 @@ def format_record(rec: Record, top_layers: int = 8) -> str:
             extra = f"removed {ch['removed_nodes']} nodes"
         elif "removed_classes" in ch:
             extra = f"removed {ch['removed_classes']} channels"
+        elif "zero_weights" in ch:
+            extra = (f"{ch['zero_weights']}/{ch['weights']} weights zero "
+                     f"({ch['zero_weights'] / max(ch['weights'], 1) * 100:.1f}%)")
+            if ch.get("skipped"):
+                extra += f", {len(ch['skipped'])} layers skipped (not a multiple of m)"
         secs = f"{p['seconds']:.2f}s" if "seconds" in p else ""
         lines.append(f"  pass {p['pass']:16} {secs:>7} (measured)  {extra}")
     barriers = rec.barriers

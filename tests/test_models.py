@@ -98,6 +98,11 @@ def test_pruned_module_is_a_real_module(tmp_path):
     again.load_state_dict(torch.load(tmp_path / "sd.pt"))
     with torch.no_grad():
         assert torch.equal(again(x), pruned(x))
+    # the whole module pickles and loads back
+    torch.save(pruned, tmp_path / "m.pt")
+    back = torch.load(tmp_path / "m.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(back(x), pruned(x))
     # re-export with torch.export and run the exported program
     ep = torch.export.export(pruned, (x,))
     torch.export.save(ep, tmp_path / "m.pt2")

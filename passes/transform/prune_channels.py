@@ -1,4 +1,4 @@
-"""prune-channels and mask: remove (or zero) the least important channels of each group."""
+"""prune-channels: remove the least important channels of each group."""
 from __future__ import annotations
 
 import numpy as np

@@ -74,4 +74,7 @@ def trainable_module(gm: fx.GraphModule) -> fx.GraphModule:
     graph.eliminate_dead_code()
     graph.lint()
     gm.recompile()
+    # export's tracer class cannot be rebuilt by torch.load; a plain GraphModule pickles
+    gm._tracer_cls = None
+    gm.graph._tracer_cls = None
     return gm.eval()  # like the traced model; call .train() to fine-tune
