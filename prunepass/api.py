@@ -41,7 +41,8 @@ def prune(model: Any, example_inputs: Sequence[Any] | Any = None,
           calibration: Sequence[Any] | None = None,
           loss_fn: Callable[[Any], Any] | None = None,
           check_numerics: bool = False, progress: bool = False,
-          energy_profile: str | None = None) -> PruneResult:
+          energy_profile: str | None = None,
+          evaluate: Callable[[Any], float] | None = None) -> PruneResult:
     """Run ``pipeline`` on a copy of ``model`` and return the slimmed model and the record.
     The input model is never changed.
 
@@ -49,11 +50,14 @@ def prune(model: Any, example_inputs: Sequence[Any] | Any = None,
     loss_fn: maps model outputs to a scalar loss for Taylor importance.
     check_numerics: after each prune, compare the result with the masked original.
     energy_profile: a hardware profile name or YAML path; the record then carries modelled
-    energy before and after."""
+    energy before and after.
+    evaluate: ``evaluate(module) -> float``, higher is better, for passes that score models
+    (``sensitivity``); it reaches them as ``am.evaluate``."""
     adapter = load(model, example_inputs)
     pm = pipeline if isinstance(pipeline, PassManager) else PassManager(pipeline)
     am = AnalysisManager(adapter, calibration=calibration, loss_fn=loss_fn,
-                         check_numerics=check_numerics, energy_profile=energy_profile)
+                         check_numerics=check_numerics, energy_profile=energy_profile,
+                         evaluate=evaluate)
     record = pm.run(adapter, am, progress=progress)
     return PruneResult(adapter.materialize(), record, adapter)
 

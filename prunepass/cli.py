@@ -113,6 +113,57 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _function(spec: str, flag: str):  # noqa: ANN202
+    """A callable named package.module:function on the command line."""
+    import importlib
+    where, sep, name = spec.partition(":")
+    if not sep or not where or not name:
+        raise PrunepassError(f"{flag} {spec!r}: use package.module:function")
+    try:
+        fn = getattr(importlib.import_module(where), name)
+    except ImportError as e:
+        raise PrunepassError(f"{flag} {spec!r}: cannot import {where!r} ({e})") from None
+    except AttributeError:
+        raise PrunepassError(f"{flag} {spec!r}: {where} has no attribute {name!r}") from None
+    if not callable(fn):
+        raise PrunepassError(f"{flag} {spec!r} is not callable")
+    return fn
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers like 1,8") from None
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from prunepass.search import search
+    constraints = {}
+    for item in args.constraint:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PrunepassError(f"--constraint {item!r}: use NAME=VALUE, e.g. latency_ms=4, "
+                                 "accuracy_drop=1 or macs=0.5x")
+        constraints[key.strip()] = value.strip()
+    evaluate = _function(args.evaluate, "--evaluate") if args.evaluate else None
+    finetune = _function(args.finetune, "--finetune") if args.finetune else None
+    model, inputs = _load(args)  # after the cheap checks: loading may train or download
+    result = search(
+        model, inputs, evaluate,
+        objectives=args.objectives, constraints=constraints, n_trials=args.trials,
+        max_ratio=args.max_ratio, ratio_step=args.ratio_step, round_to=args.round_to,
+        importance=args.importance.split(","), profile=args.profile, finetune=finetune,
+        finetune_epochs=args.finetune_epochs, storage=args.storage, study_name=args.study,
+        population_size=args.population, seed=args.seed, timeout=args.timeout,
+        progress=not args.quiet)
+    print(result.table())
+    if args.out:
+        for what, path in result.save(args.out).items():
+            print(f"{what} written to {path}")
+    return 0
+
+
 def cmd_profiles(args: argparse.Namespace) -> int:
     from prunepass.hardware import available_profiles, load_profile
     for name in available_profiles():
@@ -163,6 +214,37 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("groups", help="show the coupled channel groups and barriers")
     model_args(s)
     s.set_defaults(fn=cmd_groups)
+
+    s = sub.add_parser("search", help="multi-objective search over per-group ratios "
+                       "(Optuna NSGA-II): Pareto set, records, table, plot")
+    model_args(s)
+    s.add_argument("--evaluate", metavar="MODULE:FN",
+                   help="FN(module) -> score, higher is better (needed for accuracy)")
+    s.add_argument("--objectives", default="accuracy,macs",
+                   help="comma list of accuracy, latency_ms, energy_mj, macs, params "
+                   "(default accuracy,macs)")
+    s.add_argument("--constraint", action="append", default=[], metavar="NAME=VALUE",
+                   help="repeatable: accuracy_drop=1, accuracy=95, latency_ms=4, macs=0.5x, ...")
+    s.add_argument("--trials", type=int, default=40, help="trials the study holds in the end")
+    s.add_argument("--population", type=int, default=16, help="NSGA-II population size")
+    s.add_argument("--max-ratio", type=float, default=0.8, help="largest ratio per group")
+    s.add_argument("--ratio-step", type=float, default=0.05, help="grid of the ratios")
+    s.add_argument("--round-to", type=_int_list, default=[1],
+                   help="round-to values searched, e.g. 1,8 (default 1)")
+    s.add_argument("--importance", default="l2", help="criteria searched, e.g. l2,taylor")
+    s.add_argument("--profile", default="x86-epyc",
+                   help="hardware profile for latency (model) and energy (modelled)")
+    s.add_argument("--finetune", metavar="MODULE:FN",
+                   help="FN(module, epochs) trains each pruned model before it is scored")
+    s.add_argument("--finetune-epochs", type=int, default=1)
+    s.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///search.db "
+                   "(default: in memory); the same URL and --study resume or share a study")
+    s.add_argument("--study", default="prunepass-search", help="study name in the storage")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    s.add_argument("--out", metavar="DIR", help="write table, CSV, records, summary and plot")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_search)
 
     s = sub.add_parser("report", help="print a saved run record")
     s.add_argument("record")

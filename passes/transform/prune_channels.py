@@ -49,6 +49,10 @@ def plan_with_budget(graph, am, opts):  # noqa: ANN001, ANN201
         scores = scores / (cost + cost[cost > 0].mean() * 1e-3 if (cost > 0).any() else 1.0)
     budget = None
     targets = [k for k in ("macs", "energy", "latency-ms") if opts[f"target-{k}"]]
+    if opts["group-ratios"] and (targets or opts["scope"] == "global"):
+        other = f"target-{targets[0]}" if targets else "scope=global"
+        raise PipelineError(f"prune-channels: group-ratios sets each group's ratio and {other} "
+                            "ranks channels across groups; give one or the other")
     if targets:
         if len(targets) > 1:
             raise PipelineError("prune-channels: give one of target-macs, target-energy, "

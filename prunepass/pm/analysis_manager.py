@@ -1,7 +1,7 @@
 """Runs analyses on demand and caches their results until a transform invalidates them."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from prunepass.frontends.base import ModelAdapter
 from prunepass.pm.passes import AnalysisPass, PreservedAnalyses
@@ -10,8 +10,13 @@ from prunepass.pm.registry import lookup
 
 class AnalysisManager:
     def __init__(self, model: ModelAdapter, calibration: Any = None, loss_fn: Any = None,
-                 check_numerics: bool = False, energy_profile: str | None = None) -> None:
+                 check_numerics: bool = False, energy_profile: str | None = None,
+                 evaluate: Callable[[Any], float] | None = None) -> None:
         self.model = model
+        # evaluate(native module) -> score, higher is better (e.g. accuracy in %): what the
+        # sensitivity analysis and the search measure. Results are cached per pass options,
+        # so set it before the first analysis that uses it.
+        self.evaluate = evaluate
         self.energy_profile = energy_profile  # when set, records carry modelled energy
         self.node_latency: dict[str, float] | None = None  # measured, when a backend has it
         self.calibration = calibration  # inputs for data-driven analyses (Taylor)
