@@ -5,14 +5,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install coverage clean
+.PHONY: demo test install cross-compiler coverage clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-install: $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[demo,test,bench]"
+install: $(BIN)/python cross-compiler
+	$(BIN)/python -m pip install -q -e ".[demo,test,bench,tvm]"
+
+# aarch64 cross-compilation of TVM libraries needs Debian's cross gcc
+cross-compiler:
+	@command -v aarch64-linux-gnu-gcc >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null; }
 
 demo: install
 	$(BIN)/prunepass demo

@@ -91,6 +91,8 @@ def main() -> None:
     ap.add_argument("--models", help="comma-separated names (default: every classifier)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--merge", metavar="JSON", help="an earlier coverage.json: its rows for "
+                    "models not run now are kept (re-run a few models of a full table)")
     args = ap.parse_args()
     if args.one:
         try:
@@ -116,6 +118,12 @@ def main() -> None:
             row = {"model": name, "ok": False, "error": f"timed out after {args.timeout}s"}
         rows.append(row)
         tqdm.write(_fmt(row))
+    if args.merge:
+        import json as _json
+        from pathlib import Path as _Path
+        done = {r["model"] for r in rows}
+        old = [r for r in _json.loads(_Path(args.merge).read_text()) if r["model"] not in done]
+        rows = sorted(old + rows, key=lambda r: r["model"])
     path = write_json("coverage.json", rows)
     print()
     print(HEADER)

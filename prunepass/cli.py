@@ -164,6 +164,52 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pruned(args: argparse.Namespace):  # noqa: ANN202
+    """(dense module, pruned module or None, example inputs) for compile and bench."""
+    import prunepass
+    model, inputs = _load(args)
+    if not args.pipeline:
+        return model, None, inputs
+    return model, prunepass.prune(model, inputs, args.pipeline, progress=False).model, inputs
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from prunepass.backends.tvm import compile_model
+    model, pruned, inputs = _pruned(args)
+    compiled = compile_model(pruned if pruned is not None else model, inputs, args.target,
+                             args.output, trials=args.trials, database=args.database,
+                             name=args.name, progress=not args.quiet)
+    print(f"{args.target}: library {compiled.library} (metadata {compiled.metadata})")
+    for p in compiled.device_code:
+        print(f"  device code {p}")
+    if compiled.tuning is not None:
+        print(f"  tuning: {compiled.tuning}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Dense vs pruned latency on each backend, alternating rounds in one process."""
+    import numpy as np
+    from prunepass.backends.measure.measure import measure
+    model, pruned, inputs = _pruned(args)
+    variants = [("dense", model)] + ([("pruned", pruned)] if pruned is not None else [])
+    print(f"{'backend':8} {'variant':8} {'median ms':>10} {'IQR ms':>8}   (measured, "
+          f"{args.rounds} alternating rounds x {args.repeats} samples)")
+    for backend in args.backends.split(","):
+        samples: dict[str, list[float]] = {v: [] for v, _ in variants}
+        for _ in range(args.rounds):
+            for v, m in variants:
+                st = measure(backend, m, inputs, repeats=args.repeats, number=1, warmup=2,
+                             **({"trials": args.trials} if backend == "tvm" else {}))
+                samples[v] += list(st.samples_ms)
+        for v, _ in variants:
+            q1, med, q3 = np.percentile(samples[v], [25, 50, 75])
+            print(f"{backend:8} {v:8} {med:>10.2f} {q3 - q1:>8.2f}")
+        if pruned is not None:
+            print(f"{backend:8} speedup  {np.median(samples['dense']) / np.median(samples['pruned']):>10.2f}x")
+    return 0
+
+
 def cmd_profiles(args: argparse.Namespace) -> int:
     from prunepass.hardware import available_profiles, load_profile
     for name in available_profiles():
@@ -251,6 +297,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=8, help="how many changed tensors to list")
     s.add_argument("--plot", metavar="PNG", help="energy per layer chart (dense vs pruned)")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("compile", help="compile a (pruned) model with Apache TVM for x86, "
+                       "aarch64 or cuda")
+    model_args(s)
+    s.add_argument("-p", "--pipeline", default="", help="prune first with this pipeline")
+    s.add_argument("--target", default="x86", help="x86, aarch64, cuda or cuda:sm_90")
+    s.add_argument("-o", "--output", default="out/tvm", help="output folder")
+    s.add_argument("--trials", type=int, default=0, help="MetaSchedule trials (0: untuned)")
+    s.add_argument("--database", help="tuning database folder (reused across runs)")
+    s.add_argument("--name", default="model", help="library file name")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_compile)
+
+    s = sub.add_parser("bench", help="measured latency, dense vs pruned, on torch/ort/tvm")
+    model_args(s)
+    s.add_argument("-p", "--pipeline", default=DEFAULT_PIPELINE, help="the pruning to compare")
+    s.add_argument("--backends", default="torch,ort", help="comma list of torch, ort, tvm")
+    s.add_argument("--rounds", type=int, default=3, help="alternating dense/pruned rounds")
+    s.add_argument("--repeats", type=int, default=5, help="samples per round")
+    s.add_argument("--trials", type=int, default=0, help="tvm: MetaSchedule trials")
+    s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("profiles", help="list the shipped hardware profiles")
     s.set_defaults(fn=cmd_profiles)

@@ -37,6 +37,10 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[Any, tuple[An
                              + (f"; did you mean {', '.join(near)}?" if near else ""))
         model = torchvision.models.get_model(name, weights=None).eval()
         return model, (torch.randn(*(shape or (1, 3, 224, 224))),)
+    import os
+    import sys
+    if os.getcwd() not in sys.path:  # like `python -m`: modules of the current folder import
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(where)
     except ImportError as e:

@@ -1,0 +1,1 @@
+"""Measurement: latency statistics and energy meters."""

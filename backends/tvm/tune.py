@@ -1,0 +1,269 @@
+"""Tune with MetaSchedule: each kernel gets its share of the trial budget, kernels the database
+has already tuned are skipped (no new measurements), a tqdm bar shows progress, and an
+interrupted run keeps what it measured."""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from prunepass.backends.tvm.database import (database_dir, exhausted_workloads,
+                                             mark_exhausted, measured_per_workload,
+                                             open_database, workload_hash)
+from prunepass.backends.tvm.dependency import check_tuning_dependencies
+from prunepass.backends.tvm.errors import TargetError, TuningInterrupted
+from prunepass.backends.tvm.rpc import RPCTracker, wait_for_device
+from prunepass.backends.tvm.targets import TargetSpec
+
+BUILD_TIMEOUT_S = 120.0
+RUN_TIMEOUT_S = 60.0
+MAX_TRIALS_PER_BATCH = 64
+MS_LOGGER = "tvm.s_tir.meta_schedule"
+POPULATION = 512          # MetaSchedule's default, reached from 64 trials per kernel up
+MIN_POPULATION = 32
+POPULATION_PER_TRIAL = 8
+
+
+@dataclass
+class TuneReport:
+    """What one tuning call did. ``measured`` counts new measurements made by this call."""
+    database: str
+    tasks: list[str] = field(default_factory=list)     # every kernel of the model
+    tuned: list[str] = field(default_factory=list)     # kernels tuned by this call
+    reused: list[str] = field(default_factory=list)    # kernels the database already had
+    trials_per_task: int = 0
+    measured: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{len(self.tasks)} kernels: {len(self.tuned)} tuned now "
+                f"({self.measured} measurements, up to {self.trials_per_task} each), "
+                f"{len(self.reused)} reused from {self.database}")
+
+
+def tune_model(mod: Any, spec: TargetSpec, database: str | Path, *, trials: int,
+               max_trials_per_task: int | None = None, rpc: RPCTracker | None = None,
+               progress: bool = True, seed: int | None = None,
+               callbacks: Sequence[Any] = ()) -> tuple[Any, TuneReport]:
+    """Tune the kernels of ``mod`` (a Relax IRModule from compile.prepare) for ``spec``;
+    return the database and a report.
+
+    trials: the whole budget; each kernel gets trials // kernels, at least 1, so none is left
+        untuned; max_trials_per_task overrides that share. With neither, nothing is measured
+        and the database is only opened (its records still apply to the build).
+    database: a folder; records live in ``database/<target key>/`` and any later call whose
+        kernels have the same shapes reuses them: a kernel with at least its share of
+        measurements is not measured again.
+    rpc: measure on the device behind this tracker instead of here (needed for aarch64 and
+        CUDA, whose code cannot run on this machine).
+    callbacks: extra MetaSchedule MeasureCallbacks, run after each measured batch."""
+    import tvm.s_tir.meta_schedule as ms
+    from tqdm import tqdm
+
+    if rpc is None and not spec.runs_on_host and (trials > 0 or max_trials_per_task):
+        raise TargetError(f"tuning for {spec.name} measures on the device: pass an RPC tracker "
+                          f"(rpc=...), or trials=0 to build untuned")
+    folder = database_dir(database, spec)
+    db, notes = open_database(folder)
+    report = TuneReport(str(folder), notes=notes)
+    tasks = ms.relax_integration.extract_tasks(fuse(mod, spec), spec.target)
+    report.tasks = [t.task_name for t in tasks]
+    if not tasks or (trials <= 0 and not max_trials_per_task):
+        return db, report
+    report.trials_per_task = max_trials_per_task or max(1, trials // len(tasks))
+    pending = _untuned(tasks, db, folder, report)
+    if not pending:
+        return db, report
+
+    check_tuning_dependencies()
+    per_task = report.trials_per_task
+    runner = _runner(rpc)  # before the slow import below: a dead tracker fails fast
+    import_tensor_intrinsics()
+    with _unnamed_handlers_removed():
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            pending, work_dir=str(folder), strategy=_search(per_task), seed=seed)
+    before = len(db)
+    bar = tqdm(total=per_task * len(contexts), unit="trial", disable=not progress,
+               desc=f"tuning {len(contexts)} kernels for {spec.name}")
+    try:
+        with _quiet_console(progress), _sigint_seen() as interrupted:
+            ms.tune.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(folder),
+                max_trials_global=per_task * len(contexts), max_trials_per_task=per_task,
+                num_trials_per_iter=min(per_task, MAX_TRIALS_PER_BATCH),
+                builder=_builder(), runner=runner, database=db,
+                measure_callbacks=[*ms.MeasureCallback.create("default"), _progress(bar),
+                                   *callbacks])
+    except (KeyboardInterrupt, Exception) as err:
+        # A Ctrl-C inside a Python callback reaches us as a RuntimeError from TVM's FFI.
+        if isinstance(err, KeyboardInterrupt) or interrupted:
+            raise TuningInterrupted(str(folder), len(db) - before) from err
+        raise
+    finally:
+        bar.close()
+    report.measured = len(db) - before
+    # A finished search that measured less than its share found no more candidates.
+    measured = measured_per_workload(db)
+    keys = (workload_hash(task.dispatched[0]) for task in pending)
+    mark_exhausted(folder, {key for key in keys if measured[key] < per_task})
+    return db, report
+
+
+def _untuned(tasks: list[Any], db: Any, folder: Path, report: TuneReport) -> list[Any]:
+    """The tasks whose workload has fewer than its share of measurements in the database and
+    a search space not known to be exhausted; sorts every task name into report.tuned or
+    report.reused."""
+    measured = measured_per_workload(db)
+    exhausted = exhausted_workloads(folder)
+    pending = []
+    for task in tasks:
+        key = workload_hash(task.dispatched[0])
+        if measured[key] >= report.trials_per_task or (key in exhausted and measured[key]):
+            report.reused.append(task.task_name)
+        else:
+            report.tuned.append(task.task_name)
+            pending.append(task)
+    return pending
+
+
+def import_tensor_intrinsics() -> None:
+    """Import tvm.s_tir.tensor_intrin, which MetaSchedule needs, in seconds instead of minutes.
+
+    It parses ~250 TVMScript functions; each parse calls inspect.stack(), and inspect.getmodule
+    scans all of sys.modules for every frame whose file it has not cached. The frames of the
+    import machinery ("<frozen importlib._bootstrap>") are never cached, so with torch loaded
+    (thousands of modules) the import took 60-300 s here. Caching those pseudo-files as "no
+    module" gives getmodule's own answer for them (None) without the scan."""
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    primed = []
+    for name in ("importlib._bootstrap", "importlib._bootstrap_external"):
+        pseudo_file = f"<frozen {name}>"
+        for key in (pseudo_file, os.path.normcase(os.path.abspath(pseudo_file))):
+            if key not in inspect.modulesbyfile:
+                inspect.modulesbyfile[key] = "<no module: frozen import machinery>"
+                primed.append(key)
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        for key in primed:
+            inspect.modulesbyfile.pop(key, None)
+
+
+def fuse(mod: Any, spec: TargetSpec) -> Any:
+    """Legalize and fuse as compile_relax does before it looks kernels up in the database, so
+    the workloads tuned here are the ones the build finds."""
+    import tvm
+    from tvm import relax
+    passes = [*relax.pipeline.library_dispatch_passes(spec.target),
+              relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+              relax.transform.FoldConstant(), relax.transform.FuseOps(),
+              relax.transform.FuseTIR()]
+    with spec.target:
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def build_kernel(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule's default_build without its `import tvm.s_tir.tensor_intrin`, which takes
+    25-50 s and runs in every fresh builder process, once per batch. Tensorized schedules are
+    already rewritten when they reach the builder, so the build does not look intrinsics up."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def _search(per_task: int) -> Any:
+    """MetaSchedule's evolutionary search, its population scaled to the budget: evolving 512
+    candidates per round to measure a handful costs more than the measurements."""
+    import tvm.s_tir.meta_schedule as ms
+    population = min(POPULATION, max(MIN_POPULATION, POPULATION_PER_TRIAL * per_task))
+    return ms.search_strategy.EvolutionarySearch(population_size=population)
+
+
+def _builder() -> Any:
+    import tvm.s_tir.meta_schedule as ms
+    return ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S, f_build=build_kernel)
+
+
+def _runner(rpc: RPCTracker | None) -> Any:
+    import tvm.s_tir.meta_schedule as ms
+    if rpc is None:
+        return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
+    wait_for_device(rpc)  # fail now, with a clear message, rather than inside the runner
+    config = ms.runner.RPCConfig(tracker_host=rpc.host, tracker_port=rpc.port,
+                                 tracker_key=rpc.key, session_timeout_sec=int(rpc.timeout_s))
+    return ms.runner.RPCRunner(rpc_config=config, max_workers=1)
+
+
+def _progress(bar: Any) -> Any:
+    import tvm.s_tir.meta_schedule as ms
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class ProgressBar(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler: Any, task_id: int, measure_candidates: Any,
+                  builder_results: Any, runner_results: Any) -> None:
+            bar.update(len(runner_results))
+
+    return ProgressBar()
+
+
+@contextmanager
+def _unnamed_handlers_removed() -> Iterator[None]:
+    """MetaSchedule re-configures its logger by handler name on every tuning call and fails on
+    an unnamed handler, such as the capture handlers pytest attaches; hide those meanwhile."""
+    logger = logging.getLogger(MS_LOGGER)
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for handler in unnamed:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in unnamed:
+            logger.addHandler(handler)
+
+
+@contextmanager
+def _sigint_seen() -> Iterator[list[bool]]:
+    """Note a Ctrl-C (SIGINT) while tuning; TVM's FFI turns the KeyboardInterrupt into another
+    exception on its way out of C++."""
+    seen: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen  # only the main thread receives signals
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(True)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _quiet_console(quiet: bool) -> Iterator[None]:
+    """MetaSchedule prints its task tables to stdout; under a progress bar, keep them in its
+    log files only."""
+    logger = logging.getLogger(MS_LOGGER)
+    consoles = [h for h in logger.handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    levels = [h.level for h in consoles]
+    if quiet:
+        for h in consoles:
+            h.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for h, level in zip(consoles, levels):
+            h.setLevel(level)

@@ -1,0 +1,84 @@
+"""Remote runs through TVM's RPC tracker: a tracker and a server on 127.0.0.1, started and
+stopped inside the test; and trackers that never answer, which must fail fast, not hang."""
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+tvm = pytest.importorskip("tvm", reason="Apache TVM is not installed: pip install "
+                          "'apache-tvm==0.27.*' 'apache-tvm-ffi==0.1.14.post1' tornado")
+pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado: pip install tornado")
+
+import prunepass  # noqa: E402
+from prunepass.backends.tvm import (LocalRPCPool, RPCError, RPCTracker,  # noqa: E402
+                                    compile_model, load_library, measure_compiled,
+                                    request_session, tracker_summary)
+from prunepass.testing import randomize  # noqa: E402
+
+X = (torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)),)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    model = randomize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                    nn.Conv2d(8, 4, 1)).eval())
+    pruned = prunepass.prune(model, X, "prune-channels<ratio=0.5>,dce").model.eval()
+    with torch.no_grad():
+        reference = pruned(*X).numpy()
+    return compile_model(pruned, X, "x86", tmp_path_factory.mktemp("rpc")), reference
+
+
+def run_remotely(artifact, tracker: RPCTracker) -> list[np.ndarray]:
+    session = request_session(tracker)
+    return load_library(artifact.library, "cpu", artifact.inputs, session)(*X)
+
+
+def test_model_runs_and_is_measured_through_a_local_tracker(compiled):
+    artifact, reference = compiled
+    with LocalRPCPool(key="test-cpu", timeout_s=60) as pool:
+        assert "test-cpu" in str(tracker_summary(pool.tracker)["server_info"])
+        out = run_remotely(artifact, pool.tracker)
+        np.testing.assert_allclose(out[0], reference, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(out[0], artifact.load()(*X)[0])
+        # The server takes one session at a time: the one above ended with run_remotely.
+        stats = measure_compiled(artifact, X, repeats=5, number=2, warmup=1, rpc=pool.tracker)
+        assert stats.backend == "tvm@test-cpu" and stats.repeats == 5
+        assert 0 < stats.q1_ms <= stats.median_ms <= stats.q3_ms < 1000
+        tracker = pool.tracker
+    # Shut down: the port no longer answers, and saying so takes no time.
+    start = time.monotonic()
+    with pytest.raises(RPCError, match="no RPC tracker answers"):
+        tracker_summary(RPCTracker(tracker.host, tracker.port, tracker.key, timeout_s=5))
+    assert time.monotonic() - start < 5
+
+
+def test_tracker_that_accepts_but_never_answers_times_out():
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # the kernel accepts connections; nobody ever replies
+    try:
+        tracker = RPCTracker("127.0.0.1", silent.getsockname()[1], "any", timeout_s=1)
+        start = time.monotonic()
+        with pytest.raises(RPCError, match="did not answer as an RPC tracker within 1 s"):
+            request_session(tracker)
+        assert time.monotonic() - start < 4
+    finally:
+        silent.close()
+
+
+def test_tracker_without_the_key_names_the_keys_it_has():
+    with LocalRPCPool(key="board-a", timeout_s=60) as pool:
+        other = RPCTracker(pool.tracker.host, pool.tracker.port, "board-b", timeout_s=1)
+        with pytest.raises(RPCError, match=r"no device with key 'board-b'.*board-a"):
+            request_session(other)
+
+
+def test_bad_tracker_address():
+    with pytest.raises(RPCError, match="host:port"):
+        RPCTracker.parse("localhost", "k")
+    assert RPCTracker.parse("10.0.0.5:9190", "rk3588").port == 9190

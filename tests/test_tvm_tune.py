@@ -1,0 +1,135 @@
+"""MetaSchedule tuning: a database on disk reused by a second, similarly pruned model; an
+interrupted run keeps what it measured; a corrupt database is moved aside. A tiny MLP (three
+kernels, one of them a reshape whose search space has a single candidate) and two trials per
+kernel keep this to about a minute on two idle cores."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+tvm = pytest.importorskip("tvm", reason="Apache TVM is not installed: pip install "
+                          "'apache-tvm==0.27.*' 'apache-tvm-ffi==0.1.14.post1' xgboost-cpu")
+
+import prunepass  # noqa: E402
+from prunepass.backends.tvm import (CorruptDatabaseWarning, TuningInterrupted,  # noqa: E402
+                                    compile_model, lower_model, prepare, resolve_target,
+                                    tune_model)
+from prunepass.backends.tvm.database import RECORDS, WORKLOADS, database_dir  # noqa: E402
+from prunepass.testing import randomize  # noqa: E402
+
+TRIALS_PER_KERNEL = 2
+X = (torch.randn(2, 16, generator=torch.Generator().manual_seed(0)),)
+
+
+def pruned_mlp(seed: int) -> nn.Module:
+    """16 -> 16 -> 4, pruned to 16 -> 8 -> 4, then flattened: every seed gives the same kernel
+    shapes."""
+    model = randomize(nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4),
+                                    nn.Flatten(0)).eval(), seed)
+    return prunepass.prune(model, X, "prune-channels<ratio=0.5>,dce").model.eval()
+
+
+def record_count(folder: Path) -> int:
+    return len((folder / RECORDS).read_text().splitlines())
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory) -> tuple[Path, Path]:
+    """A database tuned once for the pruned MLP (shared: tuning is the slow part)."""
+    root = tmp_path_factory.mktemp("tuning")
+    compiled = compile_model(pruned_mlp(0), X, "x86", root / "first", database=root / "db",
+                             max_trials_per_task=TRIALS_PER_KERNEL, trials=1, progress=False)
+    report = compiled.tuning
+    assert len(report.tasks) == 3 and report.tuned == report.tasks and report.reused == []
+    # The reshape has one candidate only: its search ends after one measurement.
+    assert report.measured == TRIALS_PER_KERNEL * 2 + 1
+    return root / "db", database_dir(root / "db", resolve_target("x86"))
+
+
+def test_second_run_on_a_similarly_pruned_model_measures_nothing(tuned, tmp_path):
+    database, folder = tuned
+    before = record_count(folder)
+    model = pruned_mlp(seed=1)  # other weights, other channels kept, same shapes
+    compiled = compile_model(model, X, "x86", tmp_path, database=database,
+                             max_trials_per_task=TRIALS_PER_KERNEL, trials=1, progress=False)
+    assert compiled.tuning.measured == 0
+    # The reshape counts as tuned although it has fewer than TRIALS_PER_KERNEL measurements.
+    assert compiled.tuning.tuned == [] and len(compiled.tuning.reused) == 3
+    assert record_count(folder) == before
+    with torch.no_grad():
+        ref = model(*X).numpy()
+    np.testing.assert_allclose(compiled.load()(*X)[0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_interrupted_tuning_keeps_what_it_measured(tmp_path):
+    import tvm.s_tir.meta_schedule as ms
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class CtrlC(ms.measure_callback.PyMeasureCallback):
+        """Sends this process SIGINT, as Ctrl-C would, once a matmul's batch is measured."""
+
+        def apply(self, task_scheduler, task_id, candidates, builds, runs) -> None:
+            if len(runs) == TRIALS_PER_KERNEL:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    spec = resolve_target("x86")
+    mod = prepare(lower_model(pruned_mlp(0), X).mod, spec)
+    folder = database_dir(tmp_path, spec)
+    with pytest.raises(TuningInterrupted, match="kept in") as err:
+        tune_model(mod, spec, tmp_path, trials=1, max_trials_per_task=TRIALS_PER_KERNEL,
+                   callbacks=[CtrlC()], progress=False)
+    # One matmul's batch, and the reshape's if the scheduler measured it first.
+    assert err.value.measured in (TRIALS_PER_KERNEL, TRIALS_PER_KERNEL + 1)
+    assert record_count(folder) == err.value.measured
+    # The next run finishes the job: the measured matmul is reused; the other matmul is
+    # tuned, and so is the reshape, whose search was cut short before it could end.
+    _, report = tune_model(mod, spec, tmp_path, trials=1,
+                           max_trials_per_task=TRIALS_PER_KERNEL, progress=False)
+    assert len(report.reused) == 1 and len(report.tuned) == 2
+    assert report.measured == TRIALS_PER_KERNEL + 1
+    _, report = tune_model(mod, spec, tmp_path, trials=1,
+                           max_trials_per_task=TRIALS_PER_KERNEL, progress=False)
+    assert report.measured == 0 and len(report.reused) == 3
+
+
+def test_torn_database_is_moved_aside_and_its_readable_records_kept(tuned, tmp_path):
+    _, folder = tuned
+    spec = resolve_target("x86")
+    copy = database_dir(tmp_path, spec)
+    shutil.copytree(folder, copy)
+    good = record_count(copy)
+    with open(copy / RECORDS, "a") as f:
+        f.write('[0, ["torn by a kill in the middle of a wri')  # an interrupted append
+    mod = prepare(lower_model(pruned_mlp(0), X).mod, spec)
+    with pytest.warns(CorruptDatabaseWarning, match="moved it to"):
+        _, report = tune_model(mod, spec, tmp_path, trials=1,
+                               max_trials_per_task=TRIALS_PER_KERNEL, progress=False)
+    assert report.notes and f"{good} record(s)" in report.notes[0]
+    assert report.measured == 0  # the salvaged records still count as tuned
+    aside = [p for p in copy.iterdir() if p.name.startswith("corrupt-")]
+    assert len(aside) == 1 and (aside[0] / RECORDS).read_text().endswith("a wri")
+
+
+def test_garbage_database_starts_fresh_beside_the_old_one(tmp_path):
+    spec = resolve_target("x86")
+    folder = database_dir(tmp_path, spec)
+    folder.mkdir(parents=True)
+    (folder / WORKLOADS).write_text('{"not": "a workload"\n')
+    (folder / RECORDS).write_text("garbage\n")
+    mod = prepare(lower_model(pruned_mlp(0), X).mod, spec)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, report = tune_model(mod, spec, tmp_path, trials=0, progress=False)
+    assert any(issubclass(w.category, CorruptDatabaseWarning) for w in caught)
+    assert "0 record(s)" in report.notes[0]
+    assert (folder / RECORDS).read_text() == ""
+    assert [p.name.startswith("corrupt-") for p in folder.iterdir() if p.is_dir()] == [True]
