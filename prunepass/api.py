@@ -15,10 +15,17 @@ DEFAULT_PIPELINE = "prune-channels<ratio=0.5>,dce"
 
 def load(model: Any, example_inputs: Sequence[Any] | Any = None,
          name: str | None = None) -> ModelAdapter:
-    """Trace a model into the IR. ``model`` is a ``torch.nn.Module`` (with example inputs)
-    or an adapter already."""
+    """Trace a model into the IR. ``model`` is a ``torch.nn.Module`` (with example inputs),
+    an ``.onnx`` path or ``onnx.ModelProto`` (example inputs optional), or an adapter."""
     if isinstance(model, ModelAdapter):
         return model
+    from pathlib import Path
+    if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
+        from prunepass.frontends.onnx import OnnxModel
+        return OnnxModel.load(model, example_inputs, name)
+    if type(model).__name__ == "ModelProto":
+        from prunepass.frontends.onnx import OnnxModel
+        return OnnxModel.from_proto(model, example_inputs, name)
     import torch
     if isinstance(model, torch.nn.Module):
         from prunepass.frontends.torch import TorchModel
@@ -26,12 +33,13 @@ def load(model: Any, example_inputs: Sequence[Any] | Any = None,
             raise TraceError("a torch model needs example_inputs to be traced, e.g. "
                              "(torch.randn(1, 3, 224, 224),)")
         return TorchModel.from_module(model, example_inputs, name)
-    raise TraceError(f"cannot load a {type(model).__name__}: pass a torch.nn.Module")
+    raise TraceError(f"cannot load a {type(model).__name__}: pass a torch.nn.Module or an "
+                     ".onnx file")
 
 
 @dataclass
 class PruneResult:
-    model: Any  # the native model: a torch.nn.Module
+    model: Any  # the native model: a torch.nn.Module or an onnx.ModelProto
     record: Record
     adapter: ModelAdapter
 

@@ -10,7 +10,13 @@ from prunepass.errors import PrunepassError
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202
-    from prunepass.zoo import load_model
+    from prunepass.zoo import load_model, parse_shape
+    if args.model.endswith(".onnx"):  # an ONNX file: inputs from the file unless given
+        if args.input_shape:
+            import numpy as np
+            return args.model, (np.random.default_rng(0).standard_normal(
+                parse_shape(args.input_shape)).astype(np.float32),)
+        return args.model, None
     return load_model(args.model, args.input_shape)
 
 
@@ -19,10 +25,10 @@ def save_model(module: Any, example_inputs: tuple, out: str) -> str:
     ``.pt``: the whole module pickled (torch.load(p, weights_only=False)). torch cannot
     pickle parametrized modules, so weight masks are folded into the weights there (the
     zeros stay; the .pt2 archive keeps the masks themselves)."""
+    path = Path(out)
     import torch
     from prunepass.frontends.torch import weight_masks
     from prunepass.frontends.torch.trace import export_program
-    path = Path(out)
     if path.suffix == ".pt2":
         torch.export.save(export_program(module, tuple(example_inputs)), str(path))
     elif path.suffix == ".pt":
@@ -75,7 +81,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         result.record.save(args.report)
         print(f"record written to {args.report}")
     if args.output:
-        print(f"pruned model written to {save_model(result.model, inputs, args.output)}")
+        if result.adapter.frontend == "onnx":  # never overwrites the input file
+            if not args.output.endswith(".onnx"):
+                raise PrunepassError(f"output {args.output!r}: an ONNX model is written to a "
+                                     ".onnx file")
+            written = result.adapter.save(args.output)
+        else:
+            written = save_model(result.model, inputs, args.output)
+        print(f"pruned model written to {written}")
     if args.plot:
         from prunepass.plots import energy_per_layer
         print(f"energy chart written to {energy_per_layer(result.record, args.plot)}")
@@ -234,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_passes)
 
     def model_args(s: argparse.ArgumentParser) -> None:
-        s.add_argument("model", help="torchvision:NAME or package.module:factory")
+        s.add_argument("model", help="torchvision:NAME, package.module:factory or a .onnx file")
         s.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
 
     s = sub.add_parser("run", help="run a pipeline on a model")

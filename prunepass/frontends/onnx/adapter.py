@@ -11,12 +11,14 @@ from onnx import helper, numpy_helper
 
 from prunepass.errors import PlanError, TraceError, VerificationError
 from prunepass.frontends.base import ModelAdapter
-from prunepass.frontends.onnx.facts import Facts, analyze
-from prunepass.frontends.onnx.load import PROTO_LIMIT, check, load_model
+from prunepass.frontends.onnx.facts import Facts, analyze, inferred_value_info
+from prunepass.frontends.onnx.load import (
+    PROTO_LIMIT, check, first_line, load_model, proto_size)
 from prunepass.frontends.onnx.proto_edit import (
     Editor, Slot, erase_dead, name_nodes, write_tensor)
 from prunepass.frontends.onnx.runtime import (
-    Session, declared_shape, model_inputs, np_dtype, random_feeds, to_numpy)
+    Session, declared_shape, model_inputs, np_dtype, random_feeds, save_with_external_data,
+    to_numpy)
 from prunepass.frontends.onnx.shape_constants import rewrite_node
 from prunepass.frontends.onnx.to_ir import build_graph
 from prunepass.ir import ops
@@ -29,8 +31,13 @@ def _example_shapes(model: onnx.ModelProto, example_inputs: Sequence[Any] | None
     if example_inputs is None:
         shapes = {}
         for vi in inputs:
+            if not vi.type.tensor_type.HasField("shape"):
+                raise TraceError(f"input {vi.name} declares no shape: pass example_inputs")
+            # a symbolic size (the batch) is taken as 1
             shapes[vi.name] = tuple(d if isinstance(d, int) else 1 for d in declared_shape(vi))
         return shapes, None
+    if isinstance(example_inputs, np.ndarray) or hasattr(example_inputs, "detach"):
+        example_inputs = [example_inputs]  # one tensor, not a sequence of them
     arrays = [to_numpy(x) for x in example_inputs]
     if len(arrays) != len(inputs):
         raise TraceError(f"the model takes {len(inputs)} inputs "
@@ -54,10 +61,10 @@ class OnnxModel(ModelAdapter):
     frontend = "onnx"
 
     def __init__(self, model: onnx.ModelProto, example_inputs: Sequence[Any] | None = None,
-                 name: str = "model", source: str | Path | None = None) -> None:
+                 name: str = "model", sources: set[Path] | None = None) -> None:
         self.model = model  # our own copy: the caller's proto and file are never changed
         self.name = name
-        self.source = Path(source).resolve() if source is not None else None
+        self.sources = sources or set()  # the files read: never written
         name_nodes(model)
         del model.graph.value_info[:]  # stale after any edit; re-inferred on materialize
         self._shapes, arrays = _example_shapes(model, example_inputs)
@@ -69,7 +76,8 @@ class OnnxModel(ModelAdapter):
     @classmethod
     def load(cls, path: str | Path, example_inputs: Sequence[Any] | None = None,
              name: str | None = None) -> "OnnxModel":
-        return cls(load_model(path), example_inputs, name or Path(path).stem, source=path)
+        model, files = load_model(path)
+        return cls(model, example_inputs, name or Path(path).stem, sources=files)
 
     @classmethod
     def from_proto(cls, model: onnx.ModelProto, example_inputs: Sequence[Any] | None = None,
@@ -91,6 +99,7 @@ class OnnxModel(ModelAdapter):
                                for o in n.output if o}
         self._session = None
         self._arrays: dict[str, np.ndarray] = {}
+        self._init_index: dict[str, int] | None = None
 
     def clone(self) -> "OnnxModel":
         new = object.__new__(OnnxModel)
@@ -103,17 +112,19 @@ class OnnxModel(ModelAdapter):
     # -- reading ----------------------------------------------------------------------
     def tensor(self, name: str) -> np.ndarray:
         """An initializer or Constant output, in its stored dtype."""
-        if name not in self._arrays:
-            for t in self.model.graph.initializer:
-                if t.name == name:
-                    self._arrays[name] = numpy_helper.to_array(t)
-                    break
-            else:
-                s = self.facts.static.get(name)
-                if s is None:
-                    raise KeyError(f"{name} is not a tensor of this model")
-                self._arrays[name] = s.value
-        return self._arrays[name]
+        if name in self._arrays:
+            return self._arrays[name]
+        if self._init_index is None:
+            self._init_index = {t.name: k for k, t in enumerate(self.model.graph.initializer)}
+        if name in self._init_index:
+            a = numpy_helper.to_array(self.model.graph.initializer[self._init_index[name]])
+        elif name in self.facts.static:
+            a = self.facts.static[name].value
+        else:
+            raise KeyError(f"{name} is not a tensor of this model")
+        if a.nbytes <= CACHE_BYTES:  # large weights are re-read: a cache would double them
+            self._arrays[name] = a
+        return a
 
     def state_array(self, name: str) -> np.ndarray:
         a = self.tensor(name)
@@ -135,18 +146,20 @@ class OnnxModel(ModelAdapter):
             raise PlanError(f"unknown plan mode {mode!r}: use 'remove' or 'mask'")
         if not keep:
             return
-        backup = onnx.ModelProto()
-        backup.CopyFrom(self.model)
+        ed = Editor(self.model, backup_tensors=proto_size(self.model) < UNDO_LIMIT)
         try:
             if mode == "remove":
-                expected = self._remove(keep)
+                expected = self._remove(keep, ed)
             else:
-                expected = self._mask(keep)
+                expected = self._mask(keep, ed)
             self._rebuild_after(f"apply the prune plan ({mode})")
             self._check_shapes(expected)
-        except Exception:
-            self.model = backup  # leave the adapter as it was
+        except Exception as e:
+            ed.undo()  # leave the adapter as it was
             self.rebuild(self.facts)
+            if ed.lossy:
+                e.add_note("the model is too large to keep a copy of its weights: some are "
+                           "already sliced, so load it again before using it")
             raise
 
     def _rebuild_after(self, what: str) -> None:
@@ -179,53 +192,56 @@ class OnnxModel(ModelAdapter):
                         slots.append((i, k))
         return slots
 
-    def _remove(self, keep: dict[tuple[str, int], np.ndarray]) -> dict[str, tuple[int, ...]]:
+    def _remove(self, keep: dict[tuple[str, int], np.ndarray],
+                ed: Editor) -> dict[str, tuple[int, ...]]:
         by_value, values = self._by_value(keep)
-        ed = Editor(self.model)
 
         def new_shape(v: Value) -> list[int]:
             axes = by_value.get(v.name, {})
             return [len(axes[d]) if d in axes else s for d, s in enumerate(v.shape)]
 
-        # 1. slice initializers and Constants along the pruned axes
-        for vname, axes in by_value.items():
+        for vname in by_value:
             v = values[vname]
             if v.kind == INPUT:
                 raise PlanError(f"the plan changes model input {vname}: inputs are fixed")
-            if v.is_state():
-                arr = self.tensor(v.param or vname)
-                for axis, idx in sorted(axes.items()):
-                    arr = np.take(arr, idx, axis=axis)
-                write_tensor(ed, v.param or vname, arr, self._ir_slots(v))
-            elif v.producer is not None and v.producer.op == ops.CONSTANT:
+            if v.producer is not None and v.producer.op == ops.CONSTANT:
                 raise PlanError(f"the plan changes {vname}, a tensor computed from constants "
-                                "and sizes: it cannot be sliced")
-        # 2. shape constants and shape attributes of every IR node
+                                "and a symbolic size: it cannot be sliced")
+        # 1. shape constants and shape attributes of every IR node (first: they are what
+        # may refuse the plan, and refusing before a weight is touched is cheap to undo)
         pruned = set(by_value_keys(by_value))
+        sliced = {v for v in by_value if values[v].is_state()}
         for node in self.graph.nodes:
             if node.op == ops.CONSTANT:
                 continue
             for i in self.onnx_indices(node):
                 rewrite_node(ed, self.facts, self.model.graph.node[i], i, node, new_shape,
-                             pruned)
+                             pruned, sliced)
+        # 2. slice initializers, Constants and folded constants along the pruned axes
+        for vname in sliced:
+            v, axes = values[vname], by_value[vname]
+            arr = self.tensor(v.param or vname)
+            for axis, idx in sorted(axes.items()):
+                arr = np.take(arr, idx, axis=axis)
+            write_tensor(ed, v.param or vname, arr, self._ir_slots(v))
         ed.commit()
         return {v.name: tuple(new_shape(v)) for v in values.values()
                 if not (v.producer is not None and v.producer.op == ops.CONSTANT)}
 
-    def _mask(self, keep: dict[tuple[str, int], np.ndarray]) -> dict[str, tuple[int, ...]]:
+    def _mask(self, keep: dict[tuple[str, int], np.ndarray],
+              ed: Editor) -> dict[str, tuple[int, ...]]:
         by_value, values = self._by_value(keep)
-        ed = Editor(self.model)
         for vname, axes in by_value.items():
             v = values[vname]
             if v.kind != ACT or v.producer is None or v.producer.op == ops.CONSTANT:
                 continue
-            mask = np.ones([1] * v.ndim, dtype=np.dtype(v.dtype))
+            mask = np.ones([1] * v.ndim, dtype=bool)
             for axis, idx in axes.items():
                 s = [1] * v.ndim
                 s[axis] = v.shape[axis]
-                mk = np.zeros(v.shape[axis], dtype=mask.dtype)
-                mk[idx] = 1
-                mask = mask * mk.reshape(s)
+                mk = np.zeros(v.shape[axis], dtype=bool)
+                mk[idx] = True
+                mask = mask & mk.reshape(s)
             i = self.producer_index[vname]
             producer = self.model.graph.node[i]
             pre = ed.unique(f"{vname}__premask")
@@ -233,7 +249,11 @@ class OnnxModel(ModelAdapter):
                 if o == vname:
                     producer.output[k] = pre
             m = ed.add_initializer(f"{vname}__mask", mask)
-            mul = helper.make_node("Mul", [pre, m], [vname], name=ed.unique("prunepass_mask"))
+            zero = ed.add_initializer(f"{vname}__zero", np.zeros((), dtype=np.dtype(v.dtype)))
+            # Where rather than a multiplication: a dropped entry is 0 even where the
+            # unpruned model computes inf or NaN there (x / norm(x) with the norm masked)
+            mul = helper.make_node("Where", [m, pre, zero], [vname],
+                                   name=ed.unique("prunepass_mask"))
             ed.insert_after(i, mul)
         ed.commit()
         return {v.name: v.shape for v in values.values()
@@ -321,13 +341,14 @@ class OnnxModel(ModelAdapter):
         """A checked copy of the model with shapes re-inferred (opset unchanged)."""
         out = onnx.ModelProto()
         out.CopyFrom(self.model)
+        try:
+            value_info = inferred_value_info(out)
+        except Exception as e:
+            raise VerificationError(f"the pruned model fails onnx shape inference: "
+                                    f"{first_line(e)}") from e
         del out.graph.value_info[:]
-        if out.ByteSize() < PROTO_LIMIT:
-            try:
-                out = onnx.shape_inference.infer_shapes(out, check_type=True)
-            except Exception as e:
-                raise VerificationError(f"the pruned model fails onnx shape inference: {e}") \
-                    from e
+        out.graph.value_info.extend(value_info)
+        if proto_size(out) < PROTO_LIMIT:
             check(out, f"pruned model {self.name}")
         return out
 
@@ -335,17 +356,23 @@ class OnnxModel(ModelAdapter):
         """Write the pruned model; over 2 GiB its tensors go to ``<name>.data`` beside it.
         The file the model was loaded from is never overwritten."""
         p = Path(path).resolve()
-        if self.source is not None and p == self.source:
-            raise PlanError(f"refusing to overwrite the input model {p}: choose another path")
+        for target in (p, p.parent / (p.name + ".data")):
+            if target in self.sources:
+                raise PlanError(f"refusing to overwrite {target}, which the input model was "
+                                "read from: choose another path")
         model = self.materialize()
         p.parent.mkdir(parents=True, exist_ok=True)
-        if model.ByteSize() < PROTO_LIMIT:
+        if proto_size(model) < PROTO_LIMIT:
             onnx.save_model(model, str(p))
         else:
-            onnx.save_model(model, str(p), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=p.name + ".data")
+            save_with_external_data(model, p)
             onnx.checker.check_model(str(p))
         return p
+
+
+# below this size a refused plan restores sliced weights from copies
+UNDO_LIMIT = 1 << 30
+CACHE_BYTES = 1 << 20  # tensors read for analyses are cached up to this size
 
 
 def by_value_keys(by_value: dict[str, dict[int, np.ndarray]]) -> list[tuple[str, int]]:

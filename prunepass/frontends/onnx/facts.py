@@ -14,7 +14,6 @@ import onnx
 from onnx import helper, numpy_helper
 
 from prunepass.errors import TraceError
-from prunepass.frontends.onnx.load import _first_line
 from prunepass.frontends.onnx.runtime import Session, declared_shape, model_inputs, random_feeds
 from prunepass.frontends.onnx.static_values import (
     NO_FOLD, Dep, Folder, Static, constant_value, is_static_literal, literal_static,
@@ -52,11 +51,14 @@ def _tensor_numel(t: onnx.TensorProto) -> int:
     return int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
 
 
-def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]],
-              facts: Facts) -> onnx.ModelProto:
+def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None,
+              facts: Facts | None) -> onnx.ModelProto:
+    """The graph without its weights (they become typed inputs) and without folded nodes
+    (their values become initializers): cheap to serialise for shape inference. With
+    ``input_shapes`` None the inputs keep their declared (possibly symbolic) shapes."""
     g = model.graph
-    nodes = [n for i, n in enumerate(g.node) if i not in facts.folded]
-    needed: set[str] = set()
+    nodes = [n for i, n in enumerate(g.node) if facts is None or i not in facts.folded]
+    needed: set[str] = {o.name for o in g.output}
     for n in nodes:
         needed.update(x for x in n.input if x)
         needed |= subgraph_names(n)
@@ -69,23 +71,39 @@ def _skeleton(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]],
         else:  # a weight: inference only needs its type
             inputs.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     init_names = {t.name for t in g.initializer}
-    for name in needed - init_names:
-        s = facts.static.get(name)
-        if s is not None:
-            inits.append(numpy_helper.from_array(s.value, name))
+    if facts is not None:
+        for name in needed - init_names:
+            s = facts.static.get(name)
+            if s is not None:
+                inits.append(numpy_helper.from_array(s.value, name))
     for vi in model_inputs(model):
-        inputs.append(helper.make_tensor_value_info(
-            vi.name, vi.type.tensor_type.elem_type, list(input_shapes[vi.name])))
-    produced = {o for n in nodes for o in n.output}
-    hints = [helper.make_tensor_value_info(k, facts.elem[k], list(v))
-             for k, v in facts.shapes.items() if k in produced and k in facts.elem]
-    graph = helper.make_graph(nodes, g.name or "g", inputs,
-                              [helper.make_empty_tensor_value_info(o.name) for o in g.output],
+        if input_shapes is None:
+            inputs.append(vi)
+        else:
+            inputs.append(helper.make_tensor_value_info(
+                vi.name, vi.type.tensor_type.elem_type, list(input_shapes[vi.name])))
+    hints = []
+    if facts is not None:
+        produced = {o for n in nodes for o in n.output}
+        hints = [helper.make_tensor_value_info(k, facts.elem[k], list(v))
+                 for k, v in facts.shapes.items() if k in produced and k in facts.elem]
+    outputs = list(g.output) if input_shapes is None else \
+        [helper.make_empty_tensor_value_info(o.name) for o in g.output]
+    graph = helper.make_graph(nodes, g.name or "g", inputs, outputs,
                               initializer=inits, value_info=hints)
     sk = helper.make_model(graph, opset_imports=list(model.opset_import),
                            ir_version=model.ir_version)
     sk.functions.extend(model.functions)
     return sk
+
+
+def inferred_value_info(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """onnx shape inference of the model as declared (symbolic sizes stay symbolic), run
+    on its skeleton; raises what onnx raises."""
+    sk = _skeleton(model, None, None)
+    inferred = onnx.shape_inference.infer_shapes(sk, check_type=True, data_prop=True)
+    weights = {i.name for i in sk.graph.input} - {i.name for i in model.graph.input}
+    return [vi for vi in inferred.graph.value_info if vi.name not in weights]
 
 
 def _read_types(m: onnx.ModelProto) -> dict[str, tuple[tuple[int | None, ...] | None, int]]:
@@ -119,11 +137,48 @@ def _infer(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]],
     return new
 
 
+def _infer_node(model: onnx.ModelProto, node: onnx.NodeProto, facts: Facts) -> bool:
+    """onnx's inference of one node, given the shapes and static values found so far
+    (whole-graph inference stops at sizes its data propagation cannot compute)."""
+    names = [n for n in node.input if n]
+    if any(n not in facts.shapes or n not in facts.elem for n in names):
+        return False
+    try:
+        version = opsets(model).get(node.domain or "", 1)
+        schema = onnx.defs.get_schema(node.op_type, version, node.domain)
+        types = {n: helper.make_tensor_type_proto(facts.elem[n], list(facts.shapes[n]))
+                 for n in names}
+        data = {n: numpy_helper.from_array(facts.static[n].value, n) for n in names
+                if n in facts.static and facts.static[n].value.size <= SKELETON_COPY}
+        outs = onnx.shape_inference.infer_node_outputs(
+            schema, node, types, data, opset_imports=list(model.opset_import),
+            ir_version=model.ir_version)
+    except Exception:  # no schema, or inference refuses: the runtime will measure it
+        return False
+    learned = False
+    for name, t in outs.items():
+        tt = t.tensor_type
+        if name in facts.shapes or not tt.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if all(d is not None for d in dims):
+            facts.shapes[name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+            facts.elem[name] = tt.elem_type
+            learned = True
+    return learned
+
+
 def _sweep(model: onnx.ModelProto, facts: Facts, folder: Folder) -> bool:
-    """Fold every node that has become static; True if one did."""
+    """In graph order, infer the shapes whole-graph inference missed and fold every node
+    that has become static; True if anything was learned."""
     progress = False
     for i, node in enumerate(model.graph.node):
-        if i in facts.folded or node.domain not in ("", "ai.onnx") or node.op_type in NO_FOLD:
+        if i in facts.folded:
+            continue
+        if any(o and o not in facts.shapes for o in node.output) and \
+                not subgraph_names(node):
+            progress |= _infer_node(model, node, facts)
+        if node.domain not in ("", "ai.onnx") or node.op_type in NO_FOLD:
             continue
         if node.op_type in ("Shape", "Size"):
             shape = facts.shapes.get(node.input[0])
@@ -197,7 +252,7 @@ def _analyze_once(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...
         facts.elem[vi.name] = vi.type.tensor_type.elem_type
     for t in g.initializer:
         if t.data_type != onnx.TensorProto.STRING:
-            # a weight is read only if small: the big ones are never static
+            # float tensors of more elements are weights: read only when a fold needs one
             if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
                                onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16) \
                     and _tensor_numel(t) > 1:
@@ -269,7 +324,3 @@ def analyze(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) ->
             dyn.update((name, a) for a, (x, y) in enumerate(zip(shape, o)) if x != y)
     facts.dynamic = frozenset(dyn)
     return facts
-
-
-def describe_failure(e: Exception) -> str:
-    return _first_line(e)

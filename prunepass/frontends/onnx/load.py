@@ -11,10 +11,25 @@ from onnx.external_data_helper import load_external_data_for_model, uses_externa
 from prunepass.errors import TraceError
 
 # protobuf cannot serialise a message of 2 GiB or more; above this, work through files
-PROTO_LIMIT = 2**31 - 2**24
+PROTO_LIMIT = 2**31 - 2**26
 
 
-def _first_line(e: BaseException) -> str:
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    return (len(t.raw_data) + 4 * (len(t.float_data) + len(t.int32_data))
+            + 8 * (len(t.int64_data) + len(t.double_data) + len(t.uint64_data)))
+
+
+def proto_size(model: onnx.ModelProto) -> int:
+    """The serialised size, estimated from the tensors (ByteSize() serialises the whole
+    model, seconds for a large one); nodes count a kilobyte each."""
+    n = sum(_tensor_bytes(t) for t in model.graph.initializer)
+    for node in model.graph.node:
+        n += 1024 + sum(_tensor_bytes(a.t) for a in node.attribute
+                        if a.type == onnx.AttributeProto.TENSOR)
+    return n
+
+
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:300] if text else type(e).__name__
 
@@ -46,13 +61,14 @@ def check(model: onnx.ModelProto, where: str) -> None:
     """onnx.checker, with its failure as a TraceError; files over 2 GiB are checked by path
     (the caller passes a path-backed model only then)."""
     try:
-        if model.ByteSize() < PROTO_LIMIT:
+        if proto_size(model) < PROTO_LIMIT:
             onnx.checker.check_model(model)
     except Exception as e:  # onnx raises ValidationError and several C++ error types
-        raise TraceError(f"{where} fails onnx.checker: {_first_line(e)}") from e
+        raise TraceError(f"{where} fails onnx.checker: {first_line(e)}") from e
 
 
-def load_model(path: str | Path) -> onnx.ModelProto:
+def load_model(path: str | Path) -> tuple[onnx.ModelProto, set[Path]]:
+    """The model, with its external data read in, and the files it was read from."""
     p = Path(path)
     if not p.is_file():
         raise TraceError(f"ONNX file {p} does not exist")
@@ -60,19 +76,19 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # protobuf DecodeError and friends
         raise TraceError(f"{p} is not a readable ONNX model (truncated or corrupt file?): "
-                         f"{_first_line(e)}") from e
+                         f"{first_line(e)}") from e
     _check_external_files(model, p)
+    files = {p.resolve()} | {
+        (p.parent / e.value).resolve() for t in _external_tensors(model)
+        for e in t.external_data if e.key == "location"}
     try:
         load_external_data_for_model(model, str(p.parent))
     except Exception as e:
-        raise TraceError(f"{p}: cannot read its external data: {_first_line(e)}") from e
-    if model.ByteSize() >= PROTO_LIMIT:
-        try:
-            onnx.checker.check_model(str(p))
-        except Exception as e:
-            raise TraceError(f"{p} fails onnx.checker: {_first_line(e)}") from e
-    else:
-        check(model, str(p))
+        raise TraceError(f"{p}: cannot read its external data: {first_line(e)}") from e
+    try:  # by path: the checker reads the file itself, external data included
+        onnx.checker.check_model(str(p))
+    except Exception as e:
+        raise TraceError(f"{p} fails onnx.checker: {first_line(e)}") from e
     if not model.graph.node or not model.graph.output:
         raise TraceError(f"{p} holds an empty graph (no nodes or no outputs): truncated file?")
-    return model
+    return model, files

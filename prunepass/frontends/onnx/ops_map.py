@@ -189,6 +189,9 @@ def canonicalize(node: onnx.NodeProto, cx: Cx) -> Canon:
         r = cx.rank(x)
         return ops.REDUCE, [x], {"fn": op.lower(), "axes": [_axis(a.get("axis", 0), r)],
                                  "keepdim": bool(a.get("keepdims", 1))}
+    if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
+        # ONNX flattens the indices over N and C too: their values follow the channel count
+        return _barrier(node, "MaxPool indices encode the channel count")
     if op in POOL_OPS:
         if op == "Resize" and len(ins) > 3 and ins[3] and cx.static(ins[3]) is None:
             return _barrier(node, "Resize sizes computed at run time")

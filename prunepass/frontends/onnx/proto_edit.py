@@ -38,8 +38,12 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[Slot]]:
 class Editor:
     """Collects insertions so node indices stay valid until ``commit``."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, backup_tensors: bool = True) -> None:
         self.model = model
+        # undo keeps a copy of each tensor it replaces, unless the model is too big for
+        # a second copy in memory; then an undo after a replacement is "lossy"
+        self.backup_tensors = backup_tensors
+        self.lossy = False
         g = model.graph
         self.names: set[str] = {t.name for t in g.initializer} | {i.name for i in g.input} | \
             {o.name for o in g.output} | {n.name for n in g.node}
@@ -49,6 +53,10 @@ class Editor:
         self._after: dict[int, list[onnx.NodeProto]] = {}
         self._inits = {t.name: k for k, t in enumerate(g.initializer)}
         self._readers: dict[str, list[Slot]] | None = None
+        # for undo: the nodes and initializer names before any edit, replaced tensors
+        self._nodes = [_copy_node(n) for n in g.node]
+        self._init_names = [t.name for t in g.initializer]
+        self.replaced: dict[str, onnx.TensorProto] = {}
 
     def readers(self, name: str) -> list[Slot]:
         """The slots reading ``name``, kept current through ``set_input``."""
@@ -84,6 +92,12 @@ class Editor:
 
     def replace_initializer(self, name: str, value: np.ndarray) -> None:
         t = self.model.graph.initializer[self._inits[name]]
+        if name not in self.replaced:
+            if self.backup_tensors:
+                self.replaced[name] = onnx.TensorProto()
+                self.replaced[name].CopyFrom(t)
+            else:
+                self.lossy = True
         t.CopyFrom(numpy_helper.from_array(np.asarray(value), name))
 
     def constant_node(self, output: str) -> onnx.NodeProto | None:
@@ -102,6 +116,17 @@ class Editor:
         out = self.unique(output_base)
         return onnx.helper.make_node(op, inputs, [out], name=self.unique(f"prunepass_{op}"),
                                      **attrs)
+
+    def undo(self) -> None:
+        """Put the model back as it was when this editor was made (the node list is
+        small; only replaced initializers were copied)."""
+        g = self.model.graph
+        del g.node[:]
+        g.node.extend(self._nodes)
+        _drop_initializers(g, set(t.name for t in g.initializer) - set(self._init_names))
+        for t in g.initializer:
+            if t.name in self.replaced:
+                t.CopyFrom(self.replaced[t.name])
 
     def commit(self) -> None:
         if not self._before and not self._after:
@@ -154,13 +179,23 @@ def erase_dead(model: onnx.ModelProto) -> int:
     if removed:
         del g.node[:]
         g.node.extend(reversed(kept))
-    dead_inits = [t for t in g.initializer if t.name not in live]
-    if dead_inits:
-        gone = {t.name for t in dead_inits}
-        keep_inits = [t for t in g.initializer if t.name not in gone]
-        del g.initializer[:]
-        g.initializer.extend(keep_inits)
-        keep_inputs = [i for i in g.input if i.name not in gone]
-        del g.input[:]
-        g.input.extend(keep_inputs)
+    _drop_initializers(g, {t.name for t in g.initializer if t.name not in live})
     return removed
+
+
+def _copy_node(n: onnx.NodeProto) -> onnx.NodeProto:
+    c = onnx.NodeProto()
+    c.CopyFrom(n)
+    return c
+
+
+def _drop_initializers(g: onnx.GraphProto, names: set[str]) -> None:
+    """Delete in place: rebuilding the list would copy every (possibly huge) tensor."""
+    if not names:
+        return
+    for k in reversed(range(len(g.initializer))):
+        if g.initializer[k].name in names:
+            del g.initializer[k]
+    for k in reversed(range(len(g.input))):
+        if g.input[k].name in names:
+            del g.input[k]

@@ -8,9 +8,10 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx.external_data_helper import load_external_data_for_model, set_external_data
 
 from prunepass.errors import TraceError
-from prunepass.frontends.onnx.load import PROTO_LIMIT, _first_line
+from prunepass.frontends.onnx.load import PROTO_LIMIT, first_line, proto_size
 
 
 def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -59,6 +60,20 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``model`` with its tensors in ``<path name>.data``. onnx moves the tensors of
+    the proto it saves out to the file; they are read back so ``model`` stays whole."""
+    location = path.name + ".data"
+    (path.parent / location).unlink(missing_ok=True)  # tensors are appended to it
+    # marked here rather than by save_model(save_as_external_data=True), which refuses
+    # when a file of that name exists in the *current* directory
+    for t in model.graph.initializer:
+        if t.HasField("raw_data") and len(t.raw_data) >= 1024:
+            set_external_data(t, location)
+    onnx.save_model(model, str(path))
+    load_external_data_for_model(model, str(path.parent))
+
+
 class Session:
     """An onnxruntime session; models over 2 GiB go through a temporary file with
     external data, since protobuf cannot serialise them."""
@@ -71,18 +86,17 @@ class Session:
             opts.intra_op_num_threads = threads
         self._tmp: tempfile.TemporaryDirectory | None = None
         try:
-            if model.ByteSize() < PROTO_LIMIT:
+            if proto_size(model) < PROTO_LIMIT:
                 self.sess = ort.InferenceSession(model.SerializeToString(), opts,
                                                  providers=["CPUExecutionProvider"])
             else:
                 self._tmp = tempfile.TemporaryDirectory(prefix="prunepass-ort-")
                 path = Path(self._tmp.name) / "model.onnx"
-                onnx.save_model(model, str(path), save_as_external_data=True,
-                                all_tensors_to_one_file=True, location="model.data")
+                save_with_external_data(model, path)
                 self.sess = ort.InferenceSession(str(path), opts,
                                                  providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types
-            raise TraceError(f"onnxruntime cannot load the model: {_first_line(e)}") from e
+            raise TraceError(f"onnxruntime cannot load the model: {first_line(e)}") from e
         self.input_names = [i.name for i in self.sess.get_inputs()]
         self.output_names = [o.name for o in self.sess.get_outputs()]
 
@@ -99,4 +113,4 @@ class Session:
         try:
             return self.sess.run(outputs, feeds)
         except Exception as e:
-            raise TraceError(f"onnxruntime failed to run the model: {_first_line(e)}") from e
+            raise TraceError(f"onnxruntime failed to run the model: {first_line(e)}") from e

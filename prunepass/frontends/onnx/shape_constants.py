@@ -132,14 +132,15 @@ def _fix(ed: Editor, facts: Facts, onnx_node: onnx.NodeProto, index: int, slot: 
 
 
 def rewrite_node(ed: Editor, facts: Facts, onnx_node: onnx.NodeProto, index: int, node: Node,
-                 new_shape: NewShape, pruned: set[Dep]) -> None:
-    """Fix the shape inputs and shape attributes of one IR node's ONNX node."""
+                 new_shape: NewShape, pruned: set[Dep], sliced: set[str]) -> None:
+    """Fix the shape inputs and shape attributes of one IR node's ONNX node. Tensors in
+    ``sliced`` are IR state the adapter slices itself."""
     tensor_inputs = {v.name for v in node.inputs}
     desired = _desired(onnx_node, node, new_shape, facts)
     for slot, name in enumerate(list(onnx_node.input)):
         s = facts.static.get(name) if name else None
-        if s is None or (s.literal and name in tensor_inputs):
-            continue  # not static, or a literal tensor the plan slices as state
+        if s is None or (name in tensor_inputs and (s.literal or name in sliced)):
+            continue  # not static, or a tensor sliced (or left) as state
         _fix(ed, facts, onnx_node, index, slot, s, desired.get(slot, s.value), pruned)
     _rewrite_attrs(ed, onnx_node, node, new_shape)
 
@@ -165,21 +166,22 @@ def _rewrite_attrs(ed: Editor, onnx_node: onnx.NodeProto, node: Node,
     elif node.op == ops.SPLIT and op == "Split":
         axis = node.attrs["axis"]
         sizes = [new_shape(o)[axis] for o in node.outputs]
-        old = [o.shape[axis] for o in node.outputs]
-        if sizes == old:
-            return
-        if "split" in a:  # before opset 13 the sizes are an attribute
+        if sizes == [o.shape[axis] for o in node.outputs] or \
+                (len(onnx_node.input) > 1 and onnx_node.input[1]):
+            return  # unchanged, or sizes given as an input (rewritten as a shape input)
+        opset = next((o.version for o in ed.model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        if opset < 13:  # the sizes are an attribute
             _set_attr(onnx_node, "split", sizes)
-        elif "num_outputs" in a and not (len(onnx_node.input) > 1 and onnx_node.input[1]):
-            total, n = sum(sizes), len(sizes)
-            even = [math.ceil(total / n)] * (n - 1)
-            even.append(total - sum(even))
-            if sizes != even:  # no longer an even split: give explicit sizes
-                _set_attr(onnx_node, "num_outputs", None)
-                name = ed.add_initializer(f"{onnx_node.name}__split", np.array(sizes, np.int64))
-                while len(onnx_node.input) < 2:
-                    onnx_node.input.append("")
-                onnx_node.input[1] = name
+            return
+        total, n = sum(sizes), len(sizes)
+        even = [math.ceil(total / n)] * (n - 1)
+        even.append(total - sum(even))
+        if sizes != even:  # no longer an even split: give explicit sizes
+            _set_attr(onnx_node, "num_outputs", None)
+            name = ed.add_initializer(f"{onnx_node.name}__split", np.array(sizes, np.int64))
+            while len(onnx_node.input) < 2:
+                onnx_node.input.append("")
+            onnx_node.input[1] = name
     elif node.op == ops.ATTENTION and op == "Attention":
         q = node.inputs[0]
         if new_shape(q)[-1] != q.shape[-1] and a.get("scale") is None:
