@@ -9,7 +9,9 @@ from prunepass.passes.transform.channel_plan import PLAN_OPTIONS
 from prunepass.passes.transform.prune_channels import plan_keep, relative_error
 from prunepass.pm import AnalysisManager
 
-torch.set_num_threads(2)
+# one thread is several times faster than two on a shared two-core machine (OpenMP
+# threads contend with the other process for the cores)
+torch.set_num_threads(1)
 
 
 def plan_options(**kw) -> dict:

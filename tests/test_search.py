@@ -16,24 +16,12 @@ from prunepass.passes.analysis.sensitivity import EvaluationError
 from prunepass.search import dominates, hypervolume_2d, non_dominated, search
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # one thread is several times faster than two on a shared two-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     torch.manual_seed(0)
     xtr, ytr, xte, yte = digits_data()
     model = DigitsCNN(8)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     train(model, xtr[:600], ytr[:600], 2)
-    torch.set_num_threads(n)
     return model, xte[:1], (lambda m: accuracy(m, xte[:200], yte[:200]))
 
 

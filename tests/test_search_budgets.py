@@ -17,14 +17,6 @@ from prunepass.pm import AnalysisManager
 from prunepass.search.allocate import allocate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     """A calibrated latency model (known coefficients, fitted from synthetic runs)."""
@@ -87,15 +79,12 @@ def test_macs_and_energy_budgets_on_a_shuffle_network(traced):
 @pytest.fixture(scope="module")
 def digits_sensitivity():
     torch.manual_seed(0)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     xtr, ytr, xte, yte = digits_data()
     model = DigitsCNN(32)
     train(model, xtr, ytr, 3)
     adapter = prunepass.load(model, (xte[:1],))
     am = AnalysisManager(adapter, evaluate=lambda m: accuracy(m, xte, yte))
     sens = am.get("sensitivity", ratios=[0.2, 0.4, 0.6, 0.8])
-    torch.set_num_threads(n)
     return adapter, sens, (xte, yte)
 
 

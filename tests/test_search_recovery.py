@@ -15,23 +15,12 @@ from prunepass.search.recovery import (ChannelSchedule, classification_trainer,
                                        prune_with_recovery, schedule_amount)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     torch.manual_seed(0)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     xtr, ytr, xte, yte = digits_data()
     model = DigitsCNN(16)
     train(model, xtr, ytr, 3)
-    torch.set_num_threads(n)
     return model, (xtr, ytr, xte, yte)
 
 

@@ -21,7 +21,6 @@ from prunepass.pm import AnalysisManager
 from prunepass.schedules import Schedule, Sparsifier, sparsify
 from prunepass.testing import randomize
 
-torch.set_num_threads(2)
 X = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
