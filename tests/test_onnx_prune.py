@@ -317,3 +317,19 @@ def test_cli_prunes_an_onnx_file_and_never_overwrites_it(tmp_path, capsys):
     assert main(["run", str(src), "-q", "-o", str(src)]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert src.read_bytes() == before
+
+
+def test_a_torch_record_applies_to_the_onnx_export(tmp_path):
+    """The record is keyed by parameter names, which the dynamo exporter keeps: pruning the
+    torch model and re-applying its record to the ONNX export give the same channels."""
+    import torch
+    import torchvision
+    model = torchvision.models.mobilenet_v2().eval()
+    x = torch.randn(1, 3, 64, 64)
+    res = prunepass.prune(model, (x,), "prune-channels<ratio=0.4>,dce")
+    torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=True, external_data=False)
+    again = prunepass.apply_record(str(tmp_path / "m.onnx"), None, res.record)
+    shared = [k for k in again.record.shapes_after if res.record.shapes_after.get(k)]
+    assert len(shared) > 40
+    assert all(again.record.shapes_after[k] == res.record.shapes_after[k] for k in shared)
+    assert again.record.cost_after["macs"] == res.record.cost_after["macs"]
