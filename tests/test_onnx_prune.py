@@ -324,6 +324,8 @@ def test_a_torch_record_applies_to_the_onnx_export(tmp_path):
     torch model and re-applying its record to the ONNX export give the same channels."""
     import torch
     import torchvision
+
+    import prunepass
     model = torchvision.models.mobilenet_v2().eval()
     x = torch.randn(1, 3, 64, 64)
     res = prunepass.prune(model, (x,), "prune-channels<ratio=0.4>,dce")
