@@ -254,24 +254,23 @@ class TorchModel(ModelAdapter):
         for k, (vname, axes) in enumerate(by_value.items()):
             v = values[vname]
             fxn = self.fx_nodes[vname]
-            shape = [1] * v.ndim
-            mask = None
+            mask = torch.ones([1] * v.ndim, dtype=torch.bool)
             for axis, idx in axes.items():
-                s = list(shape)
+                s = [1] * v.ndim
                 s[axis] = v.shape[axis]
-                mk = torch.zeros(v.shape[axis])
-                mk[torch.as_tensor(idx, dtype=torch.long)] = 1
-                mk = mk.reshape(s)
-                mask = mk if mask is None else mask * mk
+                mk = torch.zeros(v.shape[axis], dtype=torch.bool)
+                mk[torch.as_tensor(idx, dtype=torch.long)] = True
+                mask = mask & mk.reshape(s)
             attr = f"_prunepass_mask_{k}"
             while hasattr(self.gm, attr):  # a second mask pass adds new names
                 attr += "_"
-            self.gm.register_buffer(attr, mask.to(dtype=getattr(torch, v.dtype)),
-                                    persistent=False)
+            self.gm.register_buffer(attr, mask, persistent=False)
             with graph.inserting_after(fxn):
                 get = graph.get_attr(attr)
             with graph.inserting_after(get):
-                mul = graph.call_function(aten.mul.Tensor, (fxn, get))
+                # where, not mul: a dropped entry is 0 even where the dense model has inf
+                # or NaN there (x / norm(x) with the norm masked gives 0/0)
+                mul = graph.call_function(aten.where.ScalarOther, (get, fxn, 0.0))
             fxn.replace_all_uses_with(mul, delete_user_cb=lambda u: u is not mul)
 
     def fold_batchnorms(self, pairs: list[tuple[Node, Node]]) -> None:
