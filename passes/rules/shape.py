@@ -178,7 +178,12 @@ def slice_(node: Node, ctx: RuleContext) -> None:
     n = x.shape[axis]
     start = node.attrs["start"] or 0
     start = max(0, start + n if start < 0 else min(start, n))
-    if node.attrs["step"] == 1 and isinstance(start, int):
+    written = any(u.target.split(".")[-2].endswith("_") for u in out.users
+                  if u.target.count(".") >= 2)
+    if written:  # an in-place write through the slice: keep it where it is
+        ctx.pin(x, axis, "slice written in place")
+        ctx.pin(out, axis, "slice written in place")
+    elif node.attrs["step"] == 1 and isinstance(start, int):
         # a contiguous range: its channels are the input's, offset; the adapter moves the
         # bounds when channels before or inside the range go
         ctx.link(out, axis, x, axis, None, np.arange(start, start + out.shape[axis]))
