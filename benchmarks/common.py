@@ -29,3 +29,15 @@ def write_json(name: str, data: Any) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(data, indent=1))
     return path
+
+
+def row_notes(r: dict) -> list[str]:
+    """The problems every coverage table reports for a model row."""
+    note = []
+    if r["barriers"]:
+        note.append("barriers: " + ",".join(r["barriers"]))
+    if not r["shape_ok"]:
+        note.append("output shape changed")
+    if not r["finite"]:
+        note.append("non-finite output")
+    return note

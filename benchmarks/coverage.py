@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb, randomize, rss_mb, write_json  # noqa: E402
+from common import peak_rss_mb, randomize, row_notes, rss_mb, write_json  # noqa: E402
 
 EQUIV_TOL = 1e-4
 
@@ -145,13 +145,7 @@ HEADER = (f"{'model':24} {'ok':3} {'groups':>9} {'approx':>6} {'GMACs':>15} {'Mp
 def _fmt(r: dict) -> str:
     if "error" in r:
         return f"{r['model']:24} {'NO':3} {r['error']}"
-    note = []
-    if r["barriers"]:
-        note.append("barriers: " + ",".join(r["barriers"]))
-    if not r["shape_ok"]:
-        note.append("output shape changed")
-    if not r["finite"]:
-        note.append("non-finite output")
+    note = row_notes(r)
     if not r["equiv_ok"]:
         note.append("NOT equivalent")
     return (f"{r['model']:24} {'yes' if r['ok'] else 'NO':3} "

@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb, randomize, write_json  # noqa: E402
+from common import peak_rss_mb, randomize, row_notes, write_json  # noqa: E402
 
 EQUIV_TOL = 1e-4  # relative to the largest output, as benchmarks/coverage.py
 CONTROL_MIN = 1e-3  # the negative control must differ by more than this
@@ -199,13 +199,7 @@ HEADER = (f"{'model':24} {'ok':3} {'groups':>9} {'GMACs':>15} {'Mparams':>15} "
 def _fmt(r: dict) -> str:
     if "error" in r:
         return f"{r['model']:24} {'NO':3} {r['error']} ({r.get('wall_s', 0):.0f}s)"
-    note = []
-    if r["barriers"]:
-        note.append("barriers: " + ",".join(r["barriers"]))
-    if not r["shape_ok"]:
-        note.append("output shape changed")
-    if not r["finite"]:
-        note.append("non-finite output")
+    note = row_notes(r)
     if not r["equiv_ok"]:
         note.append("NOT equivalent" if r["exact_groups_pruned"] else "no exact group")
     if not r["input_unchanged"]:
