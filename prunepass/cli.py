@@ -202,24 +202,24 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Dense vs pruned latency on each backend, alternating rounds in one process."""
-    import numpy as np
-    from prunepass.backends.measure.measure import measure
+    from prunepass.backends.measure.alternate import Spread, alternate, speedup
+    from prunepass.backends.measure.measure import runner
     model, pruned, inputs = _pruned(args)
     variants = [("dense", model)] + ([("pruned", pruned)] if pruned is not None else [])
     print(f"{'backend':8} {'variant':8} {'median ms':>10} {'IQR ms':>8}   (measured, "
           f"{args.rounds} alternating rounds x {args.repeats} samples)")
     for backend in args.backends.split(","):
-        samples: dict[str, list[float]] = {v: [] for v, _ in variants}
-        for _ in range(args.rounds):
-            for v, m in variants:
-                st = measure(backend, m, inputs, repeats=args.repeats, number=1, warmup=2,
-                             **({"trials": args.trials} if backend == "tvm" else {}))
-                samples[v] += list(st.samples_ms)
+        extra = {"trials": args.trials} if backend == "tvm" else {}
+        runners = {v: runner(backend, m, inputs, threads=args.threads, **extra)
+                   for v, m in variants}
+        rounds = alternate(runners, rounds=args.rounds, repeats=args.repeats, number=1,
+                           warmup=2)
         for v, _ in variants:
-            q1, med, q3 = np.percentile(samples[v], [25, 50, 75])
-            print(f"{backend:8} {v:8} {med:>10.2f} {q3 - q1:>8.2f}")
+            st = Spread.of(rounds[v])
+            print(f"{backend:8} {v:8} {st.median:>10.2f} {st.iqr:>8.2f}")
         if pruned is not None:
-            print(f"{backend:8} speedup  {np.median(samples['dense']) / np.median(samples['pruned']):>10.2f}x")
+            up = speedup(rounds["dense"], rounds["pruned"])
+            print(f"{backend:8} speedup  {up.median:>9.2f}x {up.iqr:>8.2f}")
     return 0
 
 
@@ -327,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(s)
     s.add_argument("-p", "--pipeline", default=DEFAULT_PIPELINE, help="the pruning to compare")
     s.add_argument("--backends", default="torch,ort", help="comma list of torch, ort, tvm")
-    s.add_argument("--rounds", type=int, default=3, help="alternating dense/pruned rounds")
+    s.add_argument("--rounds", type=int, default=5, help="alternating dense/pruned rounds")
     s.add_argument("--repeats", type=int, default=5, help="samples per round")
+    s.add_argument("--threads", type=int, default=0,
+                   help="intra-op threads for torch and onnxruntime (0: their default)")
     s.add_argument("--trials", type=int, default=0, help="tvm: MetaSchedule trials")
     s.set_defaults(fn=cmd_bench)
 

@@ -20,6 +20,7 @@ from prunepass.backends.tvm.compile import compile_model
 from prunepass.backends.tvm.measure import measure_compiled
 from prunepass.backends.tvm.rpc import RPCTracker
 from prunepass.backends.tvm.targets import TargetSpec, resolve_target
+from prunepass.passes.analysis.channel_latency import staircase as latency_staircase
 
 FORMAT = "prunepass-channel-table/1"
 
@@ -93,15 +94,8 @@ def channel_latency_table(shape: LayerShape, channels: Sequence[int],
 
 def staircase(table: dict[int, LatencyStats], tolerance: float = 0.0) -> list[int]:
     """The channel counts worth keeping: those faster than every larger count by more than
-    ``tolerance`` (a fraction of the median). Pruning a layer to a count off the staircase
-    gives away channels that a larger count would have run in the same time."""
-    kept, best = [], float("inf")
-    for count in sorted(table, reverse=True):
-        median = table[count].median_ms
-        if median < best * (1.0 - tolerance):
-            kept.append(count)
-            best = median
-    return sorted(kept)
+    ``tolerance`` (a fraction of the median)."""
+    return latency_staircase({c: s.median_ms for c, s in table.items()}, tolerance)
 
 
 def _stats(entry: dict[str, Any]) -> LatencyStats:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -42,7 +42,19 @@ PLAN_OPTIONS = (
            "energy it costs (with `profile`)"),
     Option("profile", str, "x86-epyc", "hardware profile for energy-aware importance and "
            "target-energy"),
+    Option("hw-round", str, "", "snap each group's kept count to the measured latency "
+           "staircase of its layers on this backend (see the channel-latency analysis); "
+           "round-to then restricts the candidates", ("", "ort", "torch")),
+    Option("hw-window", float, 0.15, "hw-round: candidates lie within keep * (1 +- this)",
+           check=in_range(0.0, 1.0)),
+    Option("hw-tolerance", float, 0.03, "hw-round: a smaller count must be this much faster "
+           "(a fraction) to count as a step", check=in_range(0.0, 1.0)),
+    Option("hw-threads", int, 0, "hw-round: intra-op threads while timing layers (0: the "
+           "backend's default)", check=at_least(0)),
 )
+
+
+Snap = Callable[[Any, int], int]  # (group, requested kept count) -> kept count
 
 
 def _ignored(group, patterns: list[str]) -> bool:  # noqa: ANN001
@@ -61,8 +73,10 @@ def _kept_count(n: int, remove: int, opts: dict[str, Any]) -> int:
     return min(keep, n)
 
 
-def choose_removed(cg, scores: np.ndarray, opts: dict[str, Any]) -> tuple[np.ndarray, list[dict]]:  # noqa: ANN001
-    """A boolean mask over classes (True = remove) and a summary per group."""
+def choose_removed(cg, scores: np.ndarray, opts: dict[str, Any], snap: Snap | None = None  # noqa: ANN001
+                   ) -> tuple[np.ndarray, list[dict]]:
+    """A boolean mask over classes (True = remove) and a summary per group. ``snap(group,
+    keep)`` may move each pruned group's kept count (hardware-aware rounding)."""
     removed = np.zeros(cg.n_classes, bool)
     eligible = []
     for g in cg.groups:
@@ -104,11 +118,27 @@ def choose_removed(cg, scores: np.ndarray, opts: dict[str, Any]) -> tuple[np.nda
             for seg_cand, quota in _split_quota(g, cand, segment, want):
                 order = np.argsort(scores[seg_cand], kind="stable")
                 removed[seg_cand[order[:quota]]] = True
+    requested = {}
+    if snap is not None:
+        segment = _segments(cg)
+        for g, cand in eligible:
+            keep = int(g.size - removed[g.classes].sum())
+            if keep == g.size:
+                continue
+            chosen = snap(g, keep)
+            if chosen != keep:
+                requested[g.id] = keep
+                removed[g.classes] = False
+                for seg_cand, quota in _split_quota(g, cand, segment, g.size - chosen):
+                    order = np.argsort(scores[seg_cand], kind="stable")
+                    removed[seg_cand[order[:quota]]] = True
     _keep_every_tensor_alive(cg, scores, removed)
     summary = []
     for g in cg.groups:
         s = g.summary()
         s["kept"] = int(g.size - removed[g.classes].sum())
+        if g.id in requested:
+            s["requested"] = requested[g.id]
         summary.append(s)
     return removed, summary
 

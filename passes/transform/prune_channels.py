@@ -37,6 +37,17 @@ def class_energy(graph, cg, energy) -> np.ndarray:  # noqa: ANN001
     return cost
 
 
+def hardware_snap(am, opts):  # noqa: ANN001, ANN201
+    """hw-round: a function moving a group's kept count onto its measured latency
+    staircase, or None."""
+    if not opts["hw-round"]:
+        return None
+    table = am.get("channel-latency", backend=opts["hw-round"], threads=opts["hw-threads"])
+    return lambda group, keep: table.snap(
+        group, keep, window=opts["hw-window"], tolerance=opts["hw-tolerance"],
+        round_to=opts["round-to"], min_keep=opts["min-channels"])
+
+
 def plan_keep(graph, am, opts):  # noqa: ANN001, ANN201
     """(channel groups, removed-class mask, group summaries, keep per value axis)."""
     return plan_with_budget(graph, am, opts)[:4]
@@ -50,6 +61,7 @@ def plan_with_budget(graph, am, opts):  # noqa: ANN001, ANN201
         cost = class_energy(graph, cg, am.get("energy", profile=opts["profile"]))
         scores = scores / (cost + cost[cost > 0].mean() * 1e-3 if (cost > 0).any() else 1.0)
     budget = None
+    snap = hardware_snap(am, opts)
     targets = [k for k in ("macs", "energy", "latency-ms") if opts[f"target-{k}"]]
     if opts["group-ratios"] and (targets or opts["scope"] == "global"):
         other = f"target-{targets[0]}" if targets else "scope=global"
@@ -63,13 +75,15 @@ def plan_with_budget(graph, am, opts):  # noqa: ANN001, ANN201
         target, relative = parse_target(opts[f"target-{kind}"], f"target-{kind}")
         global_opts = {**opts, "scope": "global"}
         removed, budget = search_ratio(
-            graph, cg, lambda r: choose_removed(cg, scores, {**global_opts, "ratio": r})[0],
+            graph, cg, lambda r: choose_removed(cg, scores, {**global_opts, "ratio": r},
+                                                snap)[0],
             metric_fn(kind.split("-")[0], opts["profile"]), target, relative, opts["max-ratio"],
             {"macs": "MACs", "energy": "energy (mJ, modelled)",
              "latency-ms": f"latency (ms, predicted by {opts['profile']})"}[kind])
-        _, groups = choose_removed(cg, scores, {**global_opts, "ratio": budget["ratio"]})
+        _, groups = choose_removed(cg, scores, {**global_opts, "ratio": budget["ratio"]},
+                                   snap)
     else:
-        removed, groups = choose_removed(cg, scores, opts)
+        removed, groups = choose_removed(cg, scores, opts, snap)
     return cg, removed, groups, cg.keep_for(removed), budget
 
 

@@ -1,0 +1,152 @@
+"""channel-latency: measured latency of each channel group's layers as a function of the
+number of channels it keeps, and the count worth keeping near a requested one.
+
+Latency is a staircase in channels, not a line: onnxruntime's x86 kernels work on blocks of
+channels (a depthwise 3x3 on 56x56 with 92 channels runs in a third of the time of 91 or 93
+here), so a ratio that lands between steps buys no time and can even cost some. For a group,
+every convolution and linear layer whose output or input channels belong to it is rebuilt
+alone at each candidate count (its other sizes as in the model) and timed on the backend;
+the group's latency is their sum. ``snap`` keeps the counts on the staircase (none larger is
+as fast) and picks the one nearest the request."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from prunepass.ir import ops
+from prunepass.ir.graph import Graph, Node
+from prunepass.pm import AnalysisPass, Option, register
+from prunepass.pm.options import at_least
+
+MAX_CANDIDATES = 33  # counts timed per request; wider windows are sampled evenly
+
+
+@dataclass(frozen=True)
+class _Touch:
+    """A layer touching a group: how many of its output / input channels are the group's."""
+    node: Node
+    out_share: int
+    in_share: int
+    depthwise: bool
+
+
+class ChannelLatency:
+    def __init__(self, graph: Graph, cg: Any, timer: Any) -> None:  # noqa: ANN401
+        self.graph, self.cg, self.timer = graph, cg, timer
+        group_of = np.full(cg.n_classes, -1)
+        for g in cg.groups:
+            group_of[g.classes] = g.id
+        self.touches: dict[int, list[_Touch]] = {}
+        for node in graph.nodes:
+            for gid, touch in _touches(node, cg, group_of):
+                self.touches.setdefault(gid, []).append(touch)
+
+    def latency_ms(self, group: Any, count: int) -> float:  # noqa: ANN401
+        """Sum of the measured latencies of the group's layers when it keeps ``count``."""
+        specs = [s for t in self.touches.get(group.id, [])
+                 if (s := _spec(t, group.size, count)) is not None]
+        return float(sum(self.timer.many(specs))) if specs else 0.0
+
+    def snap(self, group: Any, keep: int, *, window: float, tolerance: float,  # noqa: ANN401
+             round_to: int = 1, min_keep: int = 1) -> int:
+        """The count to keep instead of ``keep``: on the measured staircase within
+        keep * (1 +- window), nearest to ``keep`` (the larger on a tie)."""
+        if not self.touches.get(group.id) or keep >= group.size:
+            return keep
+        cands = candidates(keep, group.size, window, round_to, min_keep)
+        table = {c: self.latency_ms(group, c) for c in cands}
+        stair = staircase(table, tolerance)
+        return min(stair, key=lambda c: (abs(c - keep), -c))
+
+
+def candidates(keep: int, size: int, window: float, round_to: int, min_keep: int) -> list[int]:
+    lo = max(min_keep, 1, int(math.floor(keep * (1 - window))))
+    hi = min(size, max(int(math.ceil(keep * (1 + window))), lo))
+    counts = [c for c in range(lo, hi + 1) if c % round_to == 0 or c == size] or [keep]
+    if len(counts) > MAX_CANDIDATES:
+        idx = np.linspace(0, len(counts) - 1, MAX_CANDIDATES).round().astype(int)
+        counts = [counts[i] for i in sorted(set(idx))]
+    return counts
+
+
+def staircase(table: dict[int, float], tolerance: float = 0.0) -> list[int]:
+    """The counts faster than every larger count by more than ``tolerance`` (a fraction):
+    pruning to a count off the staircase gives away channels a larger count runs as fast."""
+    kept, best = [], float("inf")
+    for count in sorted(table, reverse=True):
+        if table[count] < best * (1.0 - tolerance):
+            kept.append(count)
+            best = table[count]
+    return sorted(kept)
+
+
+def _touches(node: Node, cg: Any, group_of: np.ndarray):  # noqa: ANN401, ANN202
+    if node.op not in (ops.CONV, ops.LINEAR) or len(node.inputs) < 2:
+        return
+    x, w = node.inputs[0], node.inputs[1]
+    if node.op == ops.CONV and (w.ndim != 4 or node.attrs.get("transposed")):
+        return  # 2-D convolutions only; the rest is left out of the sum
+    groups = int(node.attrs.get("groups") or 1)
+    depthwise = node.op == ops.CONV and groups > 1 and w.shape[1] == 1 and groups == x.shape[1]
+    if node.op == ops.CONV and groups > 1 and not depthwise:
+        return  # grouped convolutions change in steps of whole groups: not modelled
+    try:
+        out_cls = cg.classes_of(w.name, 0)
+        in_cls = cg.classes_of(w.name, 1)
+    except KeyError:
+        return
+    out_g = np.bincount(group_of[out_cls][group_of[out_cls] >= 0], minlength=len(cg.groups))
+    in_g = (np.zeros(len(cg.groups), int) if depthwise else
+            np.bincount(group_of[in_cls][group_of[in_cls] >= 0], minlength=len(cg.groups)))
+    for gid in np.flatnonzero(out_g + in_g):
+        yield int(gid), _Touch(node, int(out_g[gid]), int(in_g[gid]), depthwise)
+
+
+def _spec(t: _Touch, size: int, count: int):  # noqa: ANN202
+    from prunepass.backends.measure.layer_latency import LayerSpec
+    node = t.node
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+
+    def scaled(dim: int, share: int) -> int:
+        return max(1, dim - share + int(round(share * count / size))) if share else dim
+
+    cout = scaled(w.shape[0], t.out_share)
+    if node.op == ops.LINEAR:
+        cin = scaled(w.shape[1], t.in_share)
+        return LayerSpec("linear", cin, cout, h=max(1, x.numel // max(w.shape[1], 1)))
+    cin = cout if t.depthwise else scaled(w.shape[1], t.in_share)
+    kh, kw = w.shape[2], w.shape[3]
+    stride = tuple(_pair(node.attrs.get("stride"), 1))
+    pad = tuple(max(0, ((o - 1) * s + k - i + 1) // 2)
+                for o, s, k, i in zip(y.shape[2:], stride, (kh, kw), x.shape[2:]))
+    return LayerSpec("conv2d", cin, cout, x.shape[2], x.shape[3], kh, kw, stride, pad,
+                     groups=cout if t.depthwise else 1, batch=x.shape[0])
+
+
+def _pair(v: Any, default: int) -> list[int]:  # noqa: ANN401
+    if v is None:
+        return [default, default]
+    if isinstance(v, int):
+        return [v, v]
+    v = list(v)
+    return v * 2 if len(v) == 1 else v[:2]
+
+
+@register
+class ChannelLatencyAnalysis(AnalysisPass):
+    """Measured latency of each group's layers by kept channel count (for hw-round)."""
+    name = "channel-latency"
+    options = (
+        Option("backend", str, "ort", "where layers are timed on this machine",
+               ("ort", "torch")),
+        Option("threads", int, 0, "intra-op threads while timing (0: the backend's "
+               "default); match the deployment", check=at_least(0)),
+    )
+
+    def run(self, graph: Graph, am) -> ChannelLatency:  # noqa: ANN001
+        from prunepass.backends.measure.layer_latency import LayerLatency
+        timer = LayerLatency(self.opts["backend"], self.opts["threads"])
+        return ChannelLatency(graph, am.get("channel-groups"), timer)
