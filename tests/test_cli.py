@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from prunepass.cli import main
@@ -47,3 +48,18 @@ def test_run_a_module_factory(capsys):
     assert "groups pruned 1/2" in capsys.readouterr().out
     assert main(["run", "tests.rule_models:Residual", "-q"]) == 2
     assert "--input-shape" in capsys.readouterr().err
+
+
+def test_bench_alternates_dense_and_pruned_on_each_backend(capsys):
+    argv = ["bench", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--backends",
+            "torch,ort", "-p", "prune-channels<ratio=0.5>,dce", "--rounds", "2",
+            "--repeats", "2", "--threads", "1"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "2 alternating rounds x 2 samples" in lines[0]
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in lines[1:]}
+    for backend in ("torch", "ort"):
+        dense, pruned = float(rows[backend, "dense"][0]), float(rows[backend, "pruned"][0])
+        assert dense > 0 and pruned > 0
+        ratio = float(rows[backend, "speedup"][0].rstrip("x"))
+        assert ratio == pytest.approx(dense / pruned, rel=0.5)  # median of per-round ratios

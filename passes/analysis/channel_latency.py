@@ -63,8 +63,9 @@ class ChannelLatency:
 
 
 def candidates(keep: int, size: int, window: float, round_to: int, min_keep: int) -> list[int]:
-    lo = max(min_keep, 1, int(math.floor(keep * (1 - window))))
-    hi = min(size, max(int(math.ceil(keep * (1 + window))), lo))
+    eps = 1e-9  # 50 * 1.1 is 55.000000000000007 in floating point
+    lo = max(min_keep, 1, int(math.floor(keep * (1 - window) + eps)))
+    hi = min(size, max(int(math.ceil(keep * (1 + window) - eps)), lo))
     counts = [c for c in range(lo, hi + 1) if c % round_to == 0 or c == size] or [keep]
     if len(counts) > MAX_CANDIDATES:
         idx = np.linspace(0, len(counts) - 1, MAX_CANDIDATES).round().astype(int)

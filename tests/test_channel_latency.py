@@ -1,0 +1,134 @@
+"""Hardware-aware rounding: layer latencies measured and cached, the staircase of channel
+counts, snapping a group's kept count onto it, and prune-channels<hw-round=...> end to end.
+Also the alternating-rounds comparison the benchmarks and `prunepass bench` use."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import prunepass
+from prunepass.backends.measure.alternate import Spread, alternate, speedup
+from prunepass.backends.measure.layer_latency import LayerLatency, LayerSpec
+from prunepass.frontends.torch import TorchModel
+from prunepass.passes.analysis.channel_latency import ChannelLatency, candidates, staircase
+from prunepass.pm import AnalysisManager
+from prunepass.testing import randomize
+
+pytest.importorskip("onnxruntime")
+
+
+class SteppedTimer:
+    """A latency that rises in steps of 8 channels, in and out (test double for a backend)."""
+
+    def __init__(self) -> None:
+        self.asked: list[LayerSpec] = []
+
+    def many(self, specs):  # noqa: ANN001, ANN201
+        self.asked += specs
+        return [float(math.ceil(s.cout / 8) * math.ceil(s.cin / 8)) for s in specs]
+
+
+def net() -> nn.Module:
+    return randomize(nn.Sequential(
+        nn.Conv2d(3, 50, 3, padding=1), nn.BatchNorm2d(50), nn.ReLU(),
+        nn.Conv2d(50, 50, 3, padding=1, groups=50), nn.ReLU(),  # depthwise: moves with 50
+        nn.Conv2d(50, 30, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(30, 10)).eval())
+
+
+X = (torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(0)),)
+
+
+def test_staircase_keeps_counts_no_larger_count_beats():
+    table = {8: 1.0, 9: 2.0, 10: 2.0, 16: 2.0, 17: 3.0, 24: 2.9}
+    # 24 beats 17 (fewer ms, more channels); 16 beats 9 and 10 (ties need to be faster)
+    assert staircase(table) == [8, 16, 24]
+    assert staircase({8: 1.0, 16: 1.02, 24: 3.0}, tolerance=0.05) == [16, 24]
+
+
+def test_candidates_lie_in_the_window_and_respect_round_to():
+    assert candidates(50, 64, 0.1, 1, 1) == list(range(45, 56))
+    assert candidates(50, 64, 0.1, 4, 1) == [48, 52]
+    assert candidates(3, 64, 0.5, 1, 2) == [2, 3, 4, 5]
+    wide = candidates(500, 1000, 0.5, 1, 1)
+    assert len(wide) <= 33 and wide[0] == 250 and wide[-1] == 750
+
+
+def test_snap_moves_a_count_to_the_nearest_step_of_its_layers():
+    adapter = TorchModel.from_module(net(), X)
+    am = AnalysisManager(adapter)
+    cg = am.get("channel-groups")
+    table = ChannelLatency(adapter.graph, cg, SteppedTimer())
+    g50 = next(g for g in cg.groups if g.size == 50)
+    # the producer conv (cout) and the depthwise (cin = cout) scale with the count,
+    # the 1x1 consumer's cin scales too: every layer of the group is asked
+    assert table.latency_ms(g50, 41) > table.latency_ms(g50, 40) == table.latency_ms(g50, 33)
+    asked = {(s.kind, s.groups) for s in table.timer.asked}
+    assert ("conv2d", 40) in asked and ("conv2d", 1) in asked
+    # 35 requested: candidates 29..41; the stepped costs make 32, 40 and 41 the steps
+    assert table.snap(g50, 35, window=0.15, tolerance=0.0) == 32
+    assert table.snap(g50, 37, window=0.15, tolerance=0.0) == 40
+    assert table.snap(g50, 50, window=0.15, tolerance=0.0) == 50  # not pruned: unchanged
+
+
+def test_layer_latency_is_measured_once_and_read_from_the_cache(tmp_path):
+    cache = tmp_path / "lat.json"
+    spec = LayerSpec("conv2d", 8, 16, 10, 10, 3, 3, padding=(1, 1))
+    lin = LayerSpec("linear", 16, 4, h=3)
+    timer = LayerLatency("ort", threads=1, cache=cache, repeats=3, number=2)
+    ms = timer.many([spec, lin, spec])
+    assert timer.measured == 2 and ms[0] == ms[2] and all(m > 0 for m in ms)
+    again = LayerLatency("ort", threads=1, cache=cache)
+    assert again.many([spec, lin]) == ms[:2] and again.measured == 0
+    data = json.loads(cache.read_text())
+    assert data["format"] == "prunepass-layer-latency/1"
+    assert LayerLatency("torch", threads=1, cache=cache, repeats=3, number=2)(spec) > 0
+    cache.write_text("{not json")  # an unreadable cache is measured again, not trusted
+    fresh = LayerLatency("ort", threads=1, cache=cache, repeats=3, number=2)
+    fresh(lin)
+    assert fresh.measured == 1
+    with pytest.raises(prunepass.PrunepassError, match="tvm.*ort, torch"):
+        LayerLatency("tvm")
+    with pytest.raises(ValueError, match="multiples of groups"):
+        LayerSpec("conv2d", 6, 4, groups=4)
+
+
+def test_hw_round_prunes_onto_measured_steps_and_equals_the_masked_model(tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setenv("PRUNEPASS_CACHE", str(tmp_path))
+    model = net()
+    pipeline = "prune-channels<ratio=0.3,hw-round=ort,hw-threads=1,hw-tolerance=0.0>,dce"
+    res = prunepass.prune(model, X, pipeline, check_numerics=True)
+    step = res.record.passes[0]
+    assert step["changes"]["max_rel_error_vs_masked"] < 1e-5
+    groups = {g["channels"]: g for g in step["changes"]["groups"]}
+    # what the pass chose is the snap of the analysis on the same (cached) measurements
+    adapter = TorchModel.from_module(model, X)
+    am = AnalysisManager(adapter)
+    table = am.get("channel-latency", backend="ort", threads=1)
+    cg = am.get("channel-groups")
+    for g in cg.groups:
+        if g.size in groups:
+            want = g.size - int(round(0.3 * g.size))
+            assert groups[g.size]["kept"] == table.snap(g, want, window=0.15, tolerance=0.0)
+    assert table.timer.measured == 0  # the pass measured them; the analysis read the cache
+    assert (tmp_path / "layer-latency.json").exists()
+    out = res.model(*X)
+    assert out.shape == (1, 10) and torch.isfinite(out).all()
+
+
+def test_alternate_visits_runners_in_turn_and_reverses_every_other_round():
+    order = []
+    runners = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    rounds = alternate(runners, rounds=3, repeats=1, number=1, warmup=0, pause_s=0.0)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert len(rounds["a"]) == len(rounds["b"]) == 3
+    up = speedup([10.0, 12.0, 11.0, 30.0], [5.0, 6.0, 5.5, 10.0])
+    assert up.median == pytest.approx(2.0) and up.n == 4
+    assert up.iqr == pytest.approx(float(np.subtract(*np.percentile([2, 2, 2, 3], [75, 25]))))
+    assert Spread.of([1.0, 2.0, 3.0]).to_dict() == {"median": 2.0, "iqr": 1.0, "n": 3}
