@@ -9,12 +9,16 @@ MACs by kind, bytes moved and node count), and its error is reported both in-sam
 leave-one-model-out (fitted without the model it predicts).
 
     python benchmarks/energy.py [--models resnet18,...] [--backends ort,torch]
+    python benchmarks/energy.py --from-speed benchmarks/results/speed.json
+        (latencies measured by benchmarks/speed.py, every variant it timed: uniform and
+        hardware-rounded pruning; nothing is measured again)
 Writes benchmarks/results/energy.json and the calibrated profile
 benchmarks/results/x86-epyc-calibrated-<backend>.yaml.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import tempfile
@@ -40,6 +44,24 @@ SPEED_SET = ["resnet18", "resnet50", "mobilenet_v2", "vgg16_bn", "densenet121",
              "efficientnet_b0", "convnext_tiny", "vit_b_16"]
 
 
+def from_speed(path: Path, models: list[str], backends: list[str]) -> list[tuple]:
+    """(model, variant, pipeline, {backend: (median ms, IQR ms)}) for every variant that
+    benchmarks/speed.py timed on all ``backends``."""
+    data = json.loads(path.read_text())
+    jobs = []
+    for row in data["rows"]:
+        if row["model"] not in models:
+            continue
+        for key, v in row["variants"].items():
+            if all(b in v for b in backends):
+                jobs.append((row["model"], key, v.get("pipeline", "dce"),
+                             {b: (v[b]["latency_ms"]["median"], v[b]["latency_ms"]["iqr"])
+                              for b in backends}))
+    if not jobs:
+        raise SystemExit(f"{path} has no variant measured on {', '.join(backends)}")
+    return jobs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(SPEED_SET))
@@ -47,29 +69,38 @@ def main() -> None:
     ap.add_argument("--backends", default="ort,torch")
     ap.add_argument("--profile", default="x86-epyc")
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--from-speed", help="take the variants and their measured latencies "
+                    "from benchmarks/speed.py's JSON instead of measuring")
     args = ap.parse_args()
     torch.set_num_threads(2)
     profile = load_profile(args.profile)
     backends = args.backends.split(",")
-    ratios = [0.0] + [float(r) for r in args.ratios.split(",")]
+    if args.from_speed:
+        jobs = from_speed(Path(args.from_speed), args.models.split(","), backends)
+    else:
+        ratios = [0.0] + [float(r) for r in args.ratios.split(",")]
+        jobs = [(m, f"uniform@{r}" if r else "dense",
+                 f"prune-channels<ratio={r}>,dce", None)
+                for m in args.models.split(",") for r in ratios]
     rows = []
     from tqdm import tqdm
-    jobs = [(m, r) for m in args.models.split(",") for r in ratios]
-    for name, ratio in tqdm(jobs, desc="variants", unit="variant"):
+    for name, variant, pipeline, measured in tqdm(jobs, desc="variants", unit="variant"):
         torch.manual_seed(0)
         model = randomize(torchvision.models.get_model(name, weights=None).eval())
         x = torch.randn(1, 3, 224, 224)
-        res = prunepass.prune(model, (x,), f"prune-channels<ratio={ratio}>,dce",
-                              energy_profile=args.profile)
+        res = prunepass.prune(model, (x,), pipeline, energy_profile=args.profile)
         g = res.adapter.graph
         macs, moved, nodes = features(g, compute_cost(g))
         e = res.record.energy_after
-        row = {"model": name, "ratio": ratio, "macs": sum(macs.values()), "macs_by_kind": macs,
-               "bytes": moved, "nodes": nodes,
+        row = {"model": name, "variant": variant, "macs": sum(macs.values()),
+               "macs_by_kind": macs, "bytes": moved, "nodes": nodes,
                "energy_mj_modelled": e["total"] / 1e9,
                "compute_mj": e["compute"] / 1e9, "memory_mj": e["memory"] / 1e9,
                "static_mj": e["static"] / 1e9, "latency_roofline_ms": e["latency_s"] * 1e3}
         for b in backends:
+            if measured is not None:
+                row[f"{b}_ms"], row[f"{b}_iqr_ms"] = measured[b]
+                continue
             with tempfile.TemporaryDirectory() as tmp:
                 target = res.model if b == "torch" else export_onnx(
                     res.model, (x,), Path(tmp) / "m.onnx")
@@ -79,13 +110,13 @@ def main() -> None:
         row["energy_measured_j"] = reading.joules
         row["meter"] = reading.source
         rows.append(row)
-        tqdm.write(f"{name:16} r={ratio:.1f} modelled {row['energy_mj_modelled']:8.2f} mJ  "
+        tqdm.write(f"{name:16} {variant:12} modelled {row['energy_mj_modelled']:8.2f} mJ  "
                    + "  ".join(f"{b} {row[f'{b}_ms']:8.2f} ms" for b in backends))
 
     out = {"profile": args.profile, "machine": platform.processor() or platform.machine(),
            "rows": rows, "calibration": {}}
     for b in backends:
-        runs = [Run(f"{r['model']}@{r['ratio']}", r["macs_by_kind"], r["bytes"], r["nodes"],
+        runs = [Run(f"{r['model']}/{r['variant']}", r["macs_by_kind"], r["bytes"], r["nodes"],
                     r[f"{b}_ms"] / 1e3) for r in rows]
         cal = calibrate(profile, runs, f"{platform.machine()} {b} (2 threads)")
         path = RESULTS / f"{args.profile}-calibrated-{b}.yaml"
@@ -107,28 +138,41 @@ def main() -> None:
             "leave_one_model_out": loo,
             "mape_in_sample": cal.mean_abs_pct_error(),
             "mape_loo": float(np.mean([abs(v) for v in loo.values()]) * 100)}
-    write_json("energy.json", out)
 
     print(f"\nenergy per inference, MODELLED with profile {args.profile} (no meter here: "
           f"{rows[0]['meter']})")
-    head = (f"{'model':16} {'ratio':>5} {'GMACs':>7} {'total mJ':>9} {'compute':>8} {'memory':>8} "
+    head = (f"{'model':16} {'variant':12} {'GMACs':>7} {'total mJ':>9} {'compute':>8} {'memory':>8} "
             f"{'static':>8} " + " ".join(f"{b + ' ms':>9} {'cal err':>8} {'LOO err':>8}"
                                         for b in backends))
     print(head)
     for r in rows:
-        key = f"{r['model']}@{r['ratio']}"
+        key = f"{r['model']}/{r['variant']}"
         cells = " ".join(
             f"{r[f'{b}_ms']:>9.2f} {out['calibration'][b]['in_sample'][key] * 100:>+7.1f}% "
             f"{out['calibration'][b]['leave_one_model_out'][key] * 100:>+7.1f}%" for b in backends)
-        print(f"{r['model']:16} {r['ratio']:>5.1f} {r['macs'] / 1e9:>7.2f} "
+        print(f"{r['model']:16} {r['variant']:12} {r['macs'] / 1e9:>7.2f} "
               f"{r['energy_mj_modelled']:>9.2f} {r['compute_mj']:>8.2f} {r['memory_mj']:>8.2f} "
               f"{r['static_mj']:>8.2f} {cells}")
     for b in backends:
         c = out["calibration"][b]
+        per_model = {}
+        for which in ("in_sample", "leave_one_model_out"):
+            for key, err in c[which].items():
+                m = key.split("/")[0]
+                per_model.setdefault(m, {}).setdefault(which, []).append(abs(err) * 100)
+        c["worst_per_model_pct"] = {m: {w: max(v) for w, v in d.items()}
+                                    for m, d in per_model.items()}
+        ok = sum(d["in_sample"] <= 15.0 for d in c["worst_per_model_pct"].values())
+        print(f"{b}: worst error per model (in sample / leave-one-model-out): " + ", ".join(
+            f"{m} {d['in_sample']:.1f}/{d['leave_one_model_out']:.1f}%"
+            for m, d in c["worst_per_model_pct"].items())
+            + f"; {ok}/{len(per_model)} models within 15% in sample")
         worst = max(abs(v) for v in c["in_sample"].values()) * 100
         print(f"{b}: calibrated latency model, mean abs error {c['mape_in_sample']:.1f}% in "
               f"sample (worst {worst:.1f}%), {c['mape_loo']:.1f}% leave-one-model-out; "
               f"profile written to {c['profile']}")
+
+    write_json("energy.json", out)
 
 
 if __name__ == "__main__":

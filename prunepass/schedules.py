@@ -31,6 +31,22 @@ from prunepass.errors import PipelineError
 KINDS = ("one-shot", "iterative", "polynomial")
 
 
+def schedule_amount(kind: str, k: int, steps: int, final: float, initial: float = 0.0,
+                    power: float = 3.0) -> float:
+    """Cumulative amount pruned after step k of ``steps`` (k = 0 gives ``initial``): the
+    formula of both the weight-mask schedules here and the channel schedules of
+    prunepass.search.recovery."""
+    n = 1 if kind == "one-shot" else steps
+    t = min(max(k, 0), n) / n
+    if kind == "one-shot":
+        return final if k >= 1 else initial
+    if kind == "iterative":
+        return 1 - (1 - initial) * ((1 - final) / (1 - initial)) ** t
+    if kind == "polynomial":
+        return final + (initial - final) * (1 - t) ** power
+    raise PipelineError(f"schedule kind {kind!r}: use one of {', '.join(KINDS)}")
+
+
 @dataclass(frozen=True)
 class Schedule:
     kind: str = "one-shot"
@@ -57,13 +73,8 @@ class Schedule:
 
     def sparsity(self, k: int) -> float:
         """Total sparsity after pruning step k (1..steps)."""
-        n = 1 if self.kind == "one-shot" else self.steps
-        t = min(max(k, 0), n) / n
-        if self.kind == "one-shot":
-            return self.final
-        if self.kind == "iterative":
-            return 1 - (1 - self.initial) * ((1 - self.final) / (1 - self.initial)) ** t
-        return self.final + (self.initial - self.final) * (1 - t) ** self.power
+        return schedule_amount(self.kind, max(k, 1) if self.kind == "one-shot" else k,
+                               self.steps, self.final, self.initial, self.power)
 
     def plan(self) -> list[tuple[int, float]]:
         """(training step, total sparsity) of every pruning step."""

@@ -90,10 +90,14 @@ class Calibration:
 
 
 def fit_latency(runs: list[Run]) -> tuple[dict, list[FitRow]]:
+    """Coefficients minimising the squared *relative* errors: each run's row is divided by
+    its measured latency, so a 2 ms model counts as much as a 200 ms one."""
     a = np.array([[*r.mac_vector(), r.bytes, r.nodes] for r in runs], dtype=float)
     y = np.array([r.latency_s for r in runs])
+    if (y <= 0).any():
+        raise ProfileError("calibration needs positive measured latencies")
     scale = np.where(a.max(0) > 0, a.max(0), 1.0)  # conditioning: solve on scaled columns
-    coef, _ = nnls(a / scale, y)
+    coef, _ = nnls(a / scale / y[:, None], np.ones_like(y))
     coef = coef / scale
     used = a.max(0) > 0
     per_mac = {k: float(c) for k, c, u in zip(MAC_KINDS, coef, used)}

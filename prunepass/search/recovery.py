@@ -11,9 +11,8 @@ latency (``"macs"``, ``"energy"``, ``"latency-ms"``: each step is a budget of
 * ``polynomial``: Zhu & Gupta's gradual decay (arXiv:1710.01878),
   a_k = a_f + (a_0 - a_f) (1 - k/n)^power: large steps first, small ones at the end.
 
-``schedule_amount`` is the same formula as the weight-mask schedules in
-``prunepass.schedules`` (there named sparsity), written over plain numbers so that both can
-share it. Fine-tuning is a function ``train(module, epochs)`` that trains the module in
+``schedule_amount`` (in ``prunepass.schedules``) is the one formula behind these and the
+weight-mask schedules there (where the amount is named sparsity). Fine-tuning is a function ``train(module, epochs)`` that trains the module in
 place; ``classification_trainer`` builds the default one from tensors or a data loader."""
 from __future__ import annotations
 
@@ -22,24 +21,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 from prunepass.errors import PipelineError
 from prunepass.record import Record
+from prunepass.schedules import KINDS, schedule_amount
 
-KINDS = ("one-shot", "iterative", "polynomial")
 BUDGETS = ("ratio", "macs", "energy", "latency-ms")
 TrainFn = Callable[[Any, int], None]  # train(module, epochs), in place
-
-
-def schedule_amount(kind: str, k: int, steps: int, final: float, initial: float = 0.0,
-                    power: float = 3.0) -> float:
-    """Cumulative amount pruned after step k of ``steps`` (k = 0 gives ``initial``)."""
-    n = 1 if kind == "one-shot" else steps
-    t = min(max(k, 0), n) / n
-    if kind == "one-shot":
-        return final if k >= 1 else initial
-    if kind == "iterative":
-        return 1 - (1 - initial) * ((1 - final) / (1 - initial)) ** t
-    if kind == "polynomial":
-        return final + (initial - final) * (1 - t) ** power
-    raise PipelineError(f"schedule kind {kind!r}: use one of {', '.join(KINDS)}")
 
 
 @dataclass(frozen=True)
