@@ -132,3 +132,21 @@ def test_alternate_visits_runners_in_turn_and_reverses_every_other_round():
     assert up.median == pytest.approx(2.0) and up.n == 4
     assert up.iqr == pytest.approx(float(np.subtract(*np.percentile([2, 2, 2, 3], [75, 25]))))
     assert Spread.of([1.0, 2.0, 3.0]).to_dict() == {"median": 2.0, "iqr": 1.0, "n": 3}
+
+
+def test_latency_budget_from_measured_layers_is_met(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEPASS_CACHE", str(tmp_path))
+    from prunepass.hardware import load_profile
+    from prunepass.passes.transform.budget import measured_latency
+    model = net()
+    pipeline = ("prune-channels<target-latency-ms=0.7x,latency-source=ort,hw-threads=1>,dce")
+    res = prunepass.prune(model, X, pipeline, check_numerics=True)
+    budget = res.record.passes[0]["changes"]["budget"]
+    assert "measured alone on ort" in budget["budget"]
+    assert budget["achieved"] <= budget["target"] == pytest.approx(0.7 * budget["dense"])
+    # the metric is the sum of the cached layer timings plus the profile for other nodes
+    metric = measured_latency(load_profile("x86-epyc"), "ort", 1)
+    dense = metric(TorchModel.from_module(model, X).graph)
+    assert dense == pytest.approx(budget["dense"])
+    assert metric(prunepass.load(res.model, X).graph) == pytest.approx(budget["achieved"],
+                                                                      rel=1e-6)

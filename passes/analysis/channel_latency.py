@@ -107,24 +107,44 @@ def _touches(node: Node, cg: Any, group_of: np.ndarray):  # noqa: ANN401, ANN202
 
 
 def _spec(t: _Touch, size: int, count: int):  # noqa: ANN202
-    from prunepass.backends.measure.layer_latency import LayerSpec
-    node = t.node
-    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    w = t.node.inputs[1]
 
     def scaled(dim: int, share: int) -> int:
         return max(1, dim - share + int(round(share * count / size))) if share else dim
 
     cout = scaled(w.shape[0], t.out_share)
-    if node.op == ops.LINEAR:
-        cin = scaled(w.shape[1], t.in_share)
-        return LayerSpec("linear", cin, cout, h=max(1, x.numel // max(w.shape[1], 1)))
     cin = cout if t.depthwise else scaled(w.shape[1], t.in_share)
+    return layer_spec(t.node, cin=cin, cout=cout)
+
+
+def layer_spec(node: Node, cin: int | None = None, cout: int | None = None):  # noqa: ANN201
+    """The LayerSpec timing ``node`` (a 2-D convolution or a linear layer; None for other
+    nodes) at its IR shapes, or with ``cin`` / ``cout`` channels instead. A depthwise
+    convolution keeps cin = cout = groups."""
+    from prunepass.backends.measure.layer_latency import LayerSpec
+    if node.op not in (ops.CONV, ops.LINEAR) or len(node.inputs) < 2:
+        return None
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    if node.op == ops.LINEAR:
+        cin = cin or w.shape[1]
+        return LayerSpec("linear", cin, cout or w.shape[0],
+                         h=max(1, x.numel // max(w.shape[1], 1)))
+    if w.ndim != 4 or node.attrs.get("transposed"):
+        return None
+    groups = int(node.attrs.get("groups") or 1)
+    # shapes may be a plan's while attrs are the model's: depthwise = one filter per channel
+    depthwise = groups > 1 and w.shape[1] == 1 and x.shape[1] == w.shape[0]
+    cout = cout or w.shape[0]
+    if depthwise:
+        cin = groups = cout
+    else:
+        cin = cin or w.shape[1] * groups
     kh, kw = w.shape[2], w.shape[3]
     stride = tuple(_pair(node.attrs.get("stride"), 1))
     pad = tuple(max(0, ((o - 1) * s + k - i + 1) // 2)
                 for o, s, k, i in zip(y.shape[2:], stride, (kh, kw), x.shape[2:]))
     return LayerSpec("conv2d", cin, cout, x.shape[2], x.shape[3], kh, kw, stride, pad,
-                     groups=cout if t.depthwise else 1, batch=x.shape[0])
+                     groups=groups, batch=x.shape[0])
 
 
 def _pair(v: Any, default: int) -> list[int]:  # noqa: ANN401

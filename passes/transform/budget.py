@@ -1,4 +1,4 @@
-"""Budgets: find the pruning amount that meets a MACs or energy target.
+"""Budgets: find the pruning amount that meets a MACs, energy or latency target.
 
 A plan's cost is evaluated without touching the model: the IR's value shapes are set to
 what the plan keeps, the cost (and energy) analyses run on that, and the shapes are put
@@ -49,18 +49,39 @@ def planned_shapes(graph: Graph, keep: dict[tuple[str, int], np.ndarray]) -> Ite
             v.shape = shape
 
 
-def metric_fn(kind: str, profile: str) -> Callable[[Graph], float]:
+def metric_fn(kind: str, profile: str, latency_source: str = "profile",
+              threads: int = 0) -> Callable[[Graph], float]:
     from prunepass.passes.analysis.cost import compute_cost
     if kind == "macs":
         return lambda g: float(compute_cost(g).totals["macs"])
     from prunepass.hardware import load_profile
     from prunepass.passes.analysis.energy import compute_energy
     prof = load_profile(profile)
+    if kind == "latency" and latency_source != "profile":
+        return measured_latency(prof, latency_source, threads)
     if kind == "latency":
         return lambda g: compute_energy(g, compute_cost(g), prof).totals["latency_s"] * 1e3
     if prof.unit != "pJ":
         raise PipelineError(f"target-energy needs a profile in pJ; {prof.name} is in {prof.unit}")
     return lambda g: compute_energy(g, compute_cost(g), prof).totals["total"] / 1e9  # mJ
+
+
+def measured_latency(profile: Any, backend: str, threads: int) -> Callable[[Graph], float]:
+    """Latency in ms of a graph: its convolution and linear layers each timed alone on
+    ``backend`` at their (planned) shapes, plus the profile's model for every other node
+    (normalisation, activations, pooling: small beside the layers, and memory-bound)."""
+    from prunepass.backends.measure.layer_latency import LayerLatency
+    from prunepass.passes.analysis.channel_latency import layer_spec
+    from prunepass.passes.analysis.cost import compute_cost
+    from prunepass.passes.analysis.energy import compute_energy
+    timer = LayerLatency(backend, threads)
+
+    def metric(g: Graph) -> float:
+        specs = {n.name: layer_spec(n) for n in g.nodes}
+        energy = compute_energy(g, compute_cost(g), profile)
+        other = sum(e.latency_s for e in energy.nodes if specs.get(e.node) is None) * 1e3
+        return float(sum(timer.many([s for s in specs.values() if s is not None]))) + other
+    return metric
 
 
 def search_ratio(graph: Graph, cg, choose: Callable[[float], np.ndarray],  # noqa: ANN001

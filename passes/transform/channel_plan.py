@@ -36,8 +36,12 @@ PLAN_OPTIONS = (
     Option("target-energy", str, "", "modelled energy budget in mJ per inference (3.5) or "
            "relative (0.5x), with `profile`; channels are ranked globally"),
     Option("target-latency-ms", str, "", "latency budget in ms (12.5) or relative (0.5x), "
-           "predicted by `profile`'s latency model (roofline, or calibrated: see "
-           "prunepass.hardware.calibrate)"),
+           "predicted as `latency-source` says"),
+    Option("latency-source", str, "profile", "target-latency-ms: profile = `profile`'s "
+           "latency model (roofline, or calibrated: see prunepass.hardware.calibrate); "
+           "ort / torch = every conv and linear layer timed alone on that backend here "
+           "(cached; see the channel-latency analysis), the profile for the other nodes",
+           ("profile", "ort", "torch")),
     Option("energy-aware", bool, False, "divide each channel's importance by the modelled "
            "energy it costs (with `profile`)"),
     Option("profile", str, "x86-epyc", "hardware profile for energy-aware importance and "
@@ -49,8 +53,8 @@ PLAN_OPTIONS = (
            check=in_range(0.0, 1.0)),
     Option("hw-tolerance", float, 0.03, "hw-round: a smaller count must be this much faster "
            "(a fraction) to count as a step", check=in_range(0.0, 1.0)),
-    Option("hw-threads", int, 0, "hw-round: intra-op threads while timing layers (0: the "
-           "backend's default)", check=at_least(0)),
+    Option("hw-threads", int, 0, "hw-round and latency-source: intra-op threads while "
+           "timing layers (0: the backend's default)", check=at_least(0)),
 )
 
 

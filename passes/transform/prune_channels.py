@@ -37,6 +37,13 @@ def class_energy(graph, cg, energy) -> np.ndarray:  # noqa: ANN001
     return cost
 
 
+def latency_label(opts) -> str:  # noqa: ANN001
+    if opts["latency-source"] == "profile":
+        return f"latency (ms, predicted by {opts['profile']})"
+    return (f"latency (ms, layers measured alone on {opts['latency-source']} here, the rest "
+            f"predicted by {opts['profile']})")
+
+
 def hardware_snap(am, opts):  # noqa: ANN001, ANN201
     """hw-round: a function moving a group's kept count onto its measured latency
     staircase, or None."""
@@ -77,9 +84,11 @@ def plan_with_budget(graph, am, opts):  # noqa: ANN001, ANN201
         removed, budget = search_ratio(
             graph, cg, lambda r: choose_removed(cg, scores, {**global_opts, "ratio": r},
                                                 snap)[0],
-            metric_fn(kind.split("-")[0], opts["profile"]), target, relative, opts["max-ratio"],
+            metric_fn(kind.split("-")[0], opts["profile"], opts["latency-source"],
+                      opts["hw-threads"]),
+            target, relative, opts["max-ratio"],
             {"macs": "MACs", "energy": "energy (mJ, modelled)",
-             "latency-ms": f"latency (ms, predicted by {opts['profile']})"}[kind])
+             "latency-ms": latency_label(opts)}[kind])
         _, groups = choose_removed(cg, scores, {**global_opts, "ratio": budget["ratio"]},
                                    snap)
     else:

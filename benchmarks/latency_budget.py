@@ -1,0 +1,77 @@
+"""Latency budgets: requested vs achieved latency, measured in onnxruntime.
+
+For each model and relative budget B (e.g. 0.5x: half the dense latency), prune with
+  prune-channels<target-latency-ms=Bx,latency-source=SRC,hw-threads=T>,dce
+where SRC is "ort" (every conv / linear layer timed alone in onnxruntime on this machine,
+the profile's model for the other nodes) or "profile" (the x86-epyc roofline model, for
+comparison), then time the dense and pruned ONNX exports in alternating rounds (T threads)
+and report the achieved latency ratio pruned / dense (median over rounds, IQR).
+
+    python benchmarks/latency_budget.py [--models resnet18,...] [--budgets 0.5,0.7]
+Writes benchmarks/results/latency_budget.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import randomize, write_json  # noqa: E402
+
+import prunepass  # noqa: E402
+from prunepass.backends.measure.alternate import Spread, alternate  # noqa: E402
+from prunepass.backends.measure.measure import runner  # noqa: E402
+from prunepass.backends.measure.torch_export import export_onnx  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet18,resnet50,mobilenet_v2,efficientnet_b0")
+    ap.add_argument("--budgets", default="0.5,0.7")
+    ap.add_argument("--sources", default="ort,profile")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        model = randomize(torchvision.models.get_model(name, weights=None).eval())
+        x = torch.randn(1, 3, 224, 224)
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {"dense": export_onnx(model, (x,), Path(tmp) / "dense.onnx")}
+            predicted = {}
+            for src in args.sources.split(","):
+                for b in (float(v) for v in args.budgets.split(",")):
+                    key = f"{src}@{b}x"
+                    pipeline = (f"prune-channels<target-latency-ms={b}x,latency-source={src},"
+                                f"hw-threads={args.threads}>,dce")
+                    res = prunepass.prune(model, (x,), pipeline)
+                    budget = res.record.passes[0]["changes"]["budget"]
+                    predicted[key] = (b, budget["achieved"] / budget["dense"],
+                                      res.record.cost_after["macs"] / res.record.cost_before["macs"])
+                    files[key] = export_onnx(res.model, (x,), Path(tmp) / f"{key}.onnx")
+            runners = {k: runner("ort", f, (x,), threads=args.threads) for k, f in files.items()}
+            rounds = alternate(runners, rounds=args.rounds, repeats=5, number=1)
+        for key, (b, pred, macs) in predicted.items():
+            ratio = Spread.of([p / d for p, d in zip(rounds[key], rounds["dense"])])
+            row = {"model": name, "source": key.split("@")[0], "requested": b,
+                   "predicted": pred, "macs_fraction": macs, "achieved": ratio.to_dict(),
+                   "dense_ms": Spread.of(rounds["dense"]).to_dict(),
+                   "pruned_ms": Spread.of(rounds[key]).to_dict()}
+            rows.append(row)
+            print(f"{name:16} {row['source']:8} requested {b:.2f}x  predicted {pred:.3f}x  "
+                  f"achieved {ratio.median:.3f}x [IQR {ratio.iqr:.3f}]  (dense "
+                  f"{row['dense_ms']['median']:.2f} ms, MACs {macs:.2f}x; measured, ort "
+                  f"{args.threads} threads)", flush=True)
+    path = write_json("latency_budget.json", {"threads": args.threads, "rows": rows})
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
