@@ -102,9 +102,17 @@ class LayerLatency:
         return [self._table[s.key] for s in specs]
 
 
+TIME_BUDGET_S = 0.3  # per layer: large layers get fewer calls, the median stays robust
+
+
 def _time(fn: Callable[[], Any], repeats: int, number: int) -> float:
     from prunepass.backends.measure.latency import time_repeats
-    samples = time_repeats(fn, repeats=repeats, number=number, warmup=3)
+    start = time.perf_counter()
+    fn()  # warm-up, and how long one call takes
+    once = time.perf_counter() - start
+    calls = max(3, min(repeats * number, int(TIME_BUDGET_S / max(once, 1e-6))))
+    number = max(1, min(number, calls // 3))
+    samples = time_repeats(fn, repeats=max(3, calls // number), number=number, warmup=2)
     return float(np.median(samples) * 1e3)
 
 
