@@ -56,7 +56,9 @@ def test_candidates_lie_in_the_window_and_respect_round_to():
     assert candidates(50, 64, 0.1, 4, 1) == [48, 52]
     assert candidates(3, 64, 0.5, 1, 2) == [2, 3, 4, 5]
     wide = candidates(500, 1000, 0.5, 1, 1)
-    assert len(wide) <= 33 and wide[0] == 250 and wide[-1] == 750
+    assert len(wide) == 24 and wide[0] == 250 and wide[-1] == 750 and 500 in wide
+    # the most aligned counts of the window come first: 256, 512 (and every multiple of 64)
+    assert {256, 320, 384, 448, 512, 576, 640, 704} <= set(wide)
 
 
 def test_snap_moves_a_count_to_the_nearest_step_of_its_layers():

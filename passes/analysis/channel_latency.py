@@ -21,7 +21,7 @@ from prunepass.ir.graph import Graph, Node
 from prunepass.pm import AnalysisPass, Option, register
 from prunepass.pm.options import at_least
 
-MAX_CANDIDATES = 33  # counts timed per request; wider windows are sampled evenly
+MAX_CANDIDATES = 24  # counts timed per request; wider windows are sampled (see candidates)
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,14 @@ def candidates(keep: int, size: int, window: float, round_to: int, min_keep: int
     hi = min(size, max(int(math.ceil(keep * (1 + window) - eps)), lo))
     counts = [c for c in range(lo, hi + 1) if c % round_to == 0 or c == size] or [keep]
     if len(counts) > MAX_CANDIDATES:
-        idx = np.linspace(0, len(counts) - 1, MAX_CANDIDATES).round().astype(int)
-        counts = [counts[i] for i in sorted(set(idx))]
+        # too many to time: the requested count and the window's ends, then the most
+        # aligned counts first (multiples of 64, 32, 16, ...), where kernels' blocks end
+        chosen = {keep if lo <= keep <= hi else counts[0], counts[0], counts[-1]}
+        for c in sorted(counts, key=lambda c: (-(c & -c), abs(c - keep))):
+            if len(chosen) >= MAX_CANDIDATES:
+                break
+            chosen.add(c)
+        counts = sorted(chosen)
     return counts
 
 
