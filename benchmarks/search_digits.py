@@ -41,7 +41,7 @@ from prunepass.search import (classification_trainer, hypervolume_2d,  # noqa: E
 from prunepass.search.allocate import allocate  # noqa: E402
 from prunepass.search.plots import Series, pareto_plot  # noqa: E402
 
-RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85)  # 0.85: the search's max ratio
+RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)  # up to the search's max
 ALLOCATE = (0.5, 0.25, 0.1)  # MACs budgets for the sensitivity allocation
 REFERENCES = {"chance": 10.0, "tight": 90.0}
 
@@ -132,7 +132,7 @@ def part_digits(args: argparse.Namespace) -> dict:
     print("sensitivity (validation accuracy drop, points, no fine-tuning):")
     print(sens.table())
     for target in ALLOCATE:
-        alloc = allocate(adapter, None, sens, target=f"{target}x", max_ratio=0.85)
+        alloc = allocate(adapter, None, sens, target=f"{target}x", max_ratio=args.max_ratio)
         res = prunepass.prune(adapter.clone(), None, alloc.pipeline)
         acc0 = accuracy(res.model, xte, yte)
         acc = finetuned(res.model, (xtr, ytr), args.epochs, xte, yte)
@@ -145,7 +145,8 @@ def part_digits(args: argparse.Namespace) -> dict:
     proxy = classification_trainer((xtr, ytr), lr=1e-3, seed=0, progress=False)
     result = search(dense, (x1,), lambda m: accuracy(m, xval, yval),
                     objectives=("accuracy", "macs"), n_trials=args.trials,
-                    population_size=args.population, max_ratio=0.85, ratio_step=0.05,
+                    population_size=args.population, max_ratio=args.max_ratio,
+                    ratio_step=0.05,
                     finetune=proxy, finetune_epochs=1, seed=args.seed,
                     seed_ratios=(0.2, 0.4, 0.6), storage=args.storage,
                     study_name=f"digits-{args.trials}-{args.seed}", progress=not args.quiet)
@@ -261,6 +262,8 @@ def main() -> None:
     ap.add_argument("--part", default="all", choices=("digits", "latency", "all"))
     ap.add_argument("--trials", type=int, default=300)
     ap.add_argument("--population", type=int, default=24)
+    ap.add_argument("--max-ratio", type=float, default=0.95,
+                    help="largest per-group ratio the search and the allocation may use")
     ap.add_argument("--epochs", type=int, default=8, help="fine-tune epochs per final model")
     ap.add_argument("--dense-epochs", type=int, default=15)
     ap.add_argument("--ft-seeds", type=int, default=3,

@@ -20,7 +20,8 @@ efficiency = speedup / MACs reduction (1.0: latency falls as fast as MACs).
 
     python benchmarks/speed.py [--models resnet18,...] [--ratios 0.3,0.5]
         [--backends torch,ort,ort-onnx] [--threads 2] [--rounds 7]
-    python benchmarks/speed.py --models resnet18 --backends ort,tvm-tuned --trials-per-task 16
+    python benchmarks/speed.py --models resnet18 --ratios 0.5 --variants hw \
+        --backends ort,tvm-tuned --trials-per-task 8 --out speed-tvm.json
 Writes benchmarks/results/speed.json (rows also carry each variant's cost features, which
 benchmarks/energy.py calibrates against) and speed.png.
 """
@@ -91,6 +92,8 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
                           **cost_row(prunepass.load(model, (x,)))}}
     for ratio in (float(r) for r in args.ratios.split(",")):
         for kind, pipeline in pipelines(ratio, args.threads).items():
+            if kind not in args.variants.split(","):
+                continue
             key = f"{kind}@{ratio}"
             t0 = time.perf_counter()
             res = prunepass.prune(model, (x,), pipeline)
@@ -207,6 +210,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(SPEED_SET))
     ap.add_argument("--ratios", default="0.3,0.5")
     ap.add_argument("--backends", default="torch,ort,ort-onnx")
+    ap.add_argument("--variants", default="uniform,hw", help="prunings to compare with dense")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--repeats", type=int, default=5)

@@ -28,9 +28,14 @@ class SteppedTimer:
     def __init__(self) -> None:
         self.asked: list[LayerSpec] = []
 
-    def many(self, specs):  # noqa: ANN001, ANN201
-        self.asked += specs
-        return [float(math.ceil(s.cout / 8) * math.ceil(s.cin / 8)) for s in specs]
+    def many(self, blocks):  # noqa: ANN001, ANN201
+        self.blocks = list(blocks)
+        out = []
+        for b in self.blocks:
+            self.asked += b.layers
+            out.append(sum(float(math.ceil(s.cout / 8) * math.ceil(s.cin / 8))
+                           for s in b.layers))
+        return out
 
 
 def net() -> nn.Module:
@@ -72,6 +77,11 @@ def test_snap_moves_a_count_to_the_nearest_step_of_its_layers():
     assert table.latency_ms(g50, 41) > table.latency_ms(g50, 40) == table.latency_ms(g50, 33)
     asked = {(s.kind, s.groups) for s in table.timer.asked}
     assert ("conv2d", 40) in asked and ("conv2d", 1) in asked
+    # timed as one block: the producer, the depthwise chain, the 1x1 consumer
+    block = table.block(g50, 40)
+    assert [(s.cin, s.cout, s.groups) for s in block.layers] == [(3, 40, 1), (40, 40, 40),
+                                                                 (40, 30, 1)]
+    assert (len(block.producers), len(block.chain), len(block.consumers)) == (1, 1, 1)
     # 35 requested: candidates 29..41; the stepped costs make 32, 40 and 41 the steps
     assert table.snap(g50, 35, window=0.15, tolerance=0.0) == 32
     assert table.snap(g50, 37, window=0.15, tolerance=0.0) == 40
@@ -152,3 +162,21 @@ def test_latency_budget_from_measured_layers_is_met(tmp_path, monkeypatch):
     assert dense == pytest.approx(budget["dense"])
     assert metric(prunepass.load(res.model, X).graph) == pytest.approx(budget["achieved"],
                                                                       rel=1e-6)
+
+
+def test_block_program_sums_producers_chains_and_feeds_consumers():
+    from prunepass.backends.measure.layer_latency import BlockSpec, block_program
+    a = LayerSpec("conv2d", 8, 16, 10, 10, 3, 3, padding=(1, 1))
+    down = LayerSpec("conv2d", 4, 16, 20, 20, 1, 1, stride=(2, 2))  # 20x20 -> 10x10
+    dw = LayerSpec("conv2d", 16, 16, 10, 10, 3, 3, padding=(1, 1), groups=16)
+    c = LayerSpec("conv2d", 16, 8, 10, 10, 1, 1)
+    far = LayerSpec("linear", 16, 5, h=3)  # another shape: reads an input of its own
+    block = BlockSpec((a, down), (dw,), (c, far))
+    steps, outputs, inputs = block_program(block)
+    assert [(src, out) for src, _, out in steps] == [
+        ("x0", "p0"), ("x1", "p1"), ("p0+p1", "t0"), ("t0", "d0"), ("d0", "c0"), ("x2", "c1")]
+    assert outputs == ["c0", "c1"]
+    assert inputs == {"x0": (1, 8, 10, 10), "x1": (1, 4, 20, 20), "x2": (3, 16)}
+    assert BlockSpec((a,)).key == a.key and block.key != a.key
+    for backend in ("ort", "torch"):
+        assert LayerLatency(backend, threads=1, cache=None, repeats=3, number=1)(block) > 0

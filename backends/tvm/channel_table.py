@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prunepass.backends.measure.latency import LatencyStats
+from prunepass.backends.measure.layer_latency import LayerSpec
 from prunepass.backends.tvm.compile import compile_model
 from prunepass.backends.tvm.measure import measure_compiled
 from prunepass.backends.tvm.rpc import RPCTracker
@@ -27,8 +28,9 @@ FORMAT = "prunepass-channel-table/1"
 
 @dataclass(frozen=True)
 class LayerShape:
-    """A representative layer: a k x k convolution (padding k // 2) on size x size inputs, or a
-    linear layer (kind "linear": size is the number of rows)."""
+    """A representative layer swept over its output channels: a k x k convolution (padding
+    k // 2) on size x size inputs, or a linear layer (kind "linear": size is the number of
+    rows). ``spec(count)`` is the concrete layer (the LayerSpec that hw-round times)."""
     kind: str            # "conv2d" | "linear"
     in_channels: int
     size: int
@@ -47,19 +49,19 @@ class LayerShape:
         return (f"conv2d k{self.kernel} s{self.stride} in{self.in_channels} "
                 f"{self.size}x{self.size} n{self.batch}")
 
+    def spec(self, out_channels: int) -> LayerSpec:
+        """This layer with ``out_channels`` outputs."""
+        if self.kind == "linear":
+            return LayerSpec("linear", self.in_channels, out_channels,
+                             h=self.batch * self.size)
+        pad = self.kernel // 2
+        return LayerSpec("conv2d", self.in_channels, out_channels, self.size, self.size,
+                         self.kernel, self.kernel, (self.stride,) * 2, (pad, pad),
+                         batch=self.batch)
+
     def module(self, out_channels: int) -> tuple[Any, tuple[Any, ...]]:
         """The layer (with a ReLU, as in most networks) and an input for it."""
-        import torch
-        from torch import nn
-        g = torch.Generator().manual_seed(0)
-        if self.kind == "linear":
-            layer = nn.Linear(self.in_channels, out_channels)
-            x = torch.randn(self.batch * self.size, self.in_channels, generator=g)
-        else:
-            layer = nn.Conv2d(self.in_channels, out_channels, self.kernel, self.stride,
-                              padding=self.kernel // 2)
-            x = torch.randn(self.batch, self.in_channels, self.size, self.size, generator=g)
-        return nn.Sequential(layer, nn.ReLU()).eval(), (x,)
+        return self.spec(out_channels).torch_module()
 
 
 def channel_latency_table(shape: LayerShape, channels: Sequence[int],

@@ -5,8 +5,9 @@ Latency is a staircase in channels, not a line: onnxruntime's x86 kernels work o
 channels (a depthwise 3x3 on 56x56 with 92 channels runs in a third of the time of 91 or 93
 here), so a ratio that lands between steps buys no time and can even cost some. For a group,
 every convolution and linear layer whose output or input channels belong to it is rebuilt
-alone at each candidate count (its other sizes as in the model) and timed on the backend;
-the group's latency is their sum. ``snap`` keeps the counts on the staircase (none larger is
+at each candidate count (its other sizes as in the model), and they are timed together on
+the backend as one block (see BlockSpec: producers summed, depthwise chain, consumers), so
+layout conversions between neighbours count. ``snap`` keeps the counts on the staircase (none larger is
 as fast) and picks the one nearest the request."""
 from __future__ import annotations
 
@@ -44,11 +45,22 @@ class ChannelLatency:
             for gid, touch in _touches(node, cg, group_of):
                 self.touches.setdefault(gid, []).append(touch)
 
+    def block(self, group: Any, count: int):  # noqa: ANN401, ANN201
+        """The group's layers as one BlockSpec with ``count`` channels: producers (their
+        outputs are the group), a chain (depthwise layers), consumers (their inputs are)."""
+        from prunepass.backends.measure.layer_latency import BlockSpec
+        parts: dict[str, list] = {"producers": [], "chain": [], "consumers": []}
+        for t in self.touches.get(group.id, []):
+            role = ("chain" if t.depthwise or (t.out_share and t.in_share) else
+                    "producers" if t.out_share else "consumers")
+            parts[role].append(_spec(t, group.size, count))
+        return BlockSpec(**{k: tuple(v) for k, v in parts.items()})
+
     def latency_ms(self, group: Any, count: int) -> float:  # noqa: ANN401
-        """Sum of the measured latencies of the group's layers when it keeps ``count``."""
-        specs = [s for t in self.touches.get(group.id, [])
-                 if (s := _spec(t, group.size, count)) is not None]
-        return float(sum(self.timer.many(specs))) if specs else 0.0
+        """Measured latency of the group's layers, run together, when it keeps ``count``."""
+        if not self.touches.get(group.id):
+            return 0.0
+        return float(self.timer.many([self.block(group, count)])[0])
 
     def snap(self, group: Any, keep: int, *, window: float, tolerance: float,  # noqa: ANN401
              round_to: int = 1, min_keep: int = 1) -> int:
