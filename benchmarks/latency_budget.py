@@ -3,8 +3,9 @@
 For each model and relative budget B (e.g. 0.5x: half the dense latency), prune with
   prune-channels<target-latency-ms=Bx,latency-source=SRC,hw-threads=T>,dce
 where SRC is "ort" (every conv / linear layer timed alone in onnxruntime on this machine,
-the profile's model for the other nodes) or "profile" (the x86-epyc roofline model, for
-comparison), then time the dense and pruned ONNX exports in alternating rounds (T threads)
+the profile's model for the other nodes), "ort+hw" (the same, with hw-round=ort: every
+group's count on its measured latency staircase while the budget is searched) or "profile"
+(the x86-epyc roofline model, for comparison), then time the dense and pruned ONNX exports in alternating rounds (T threads)
 and report the achieved latency ratio pruned / dense (median over rounds, IQR).
 
     python benchmarks/latency_budget.py [--models resnet18,...] [--budgets 0.5,0.7]
@@ -33,7 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet18,resnet50,mobilenet_v2,efficientnet_b0")
     ap.add_argument("--budgets", default="0.5,0.7")
-    ap.add_argument("--sources", default="ort,profile")
+    ap.add_argument("--sources", default="ort+hw,ort,profile")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
@@ -45,22 +46,26 @@ def main() -> None:
         x = torch.randn(1, 3, 224, 224)
         with tempfile.TemporaryDirectory() as tmp:
             files = {"dense": export_onnx(model, (x,), Path(tmp) / "dense.onnx")}
-            predicted = {}
+            predicted, pipelines = {}, {}
             for src in args.sources.split(","):
                 for b in (float(v) for v in args.budgets.split(",")):
                     key = f"{src}@{b}x"
-                    pipeline = (f"prune-channels<target-latency-ms={b}x,latency-source={src},"
+                    hw = ",hw-round=ort" if src.endswith("+hw") else ""
+                    pipeline = (f"prune-channels<target-latency-ms={b}x,"
+                                f"latency-source={src.removesuffix('+hw')}{hw},"
                                 f"hw-threads={args.threads}>,dce")
                     res = prunepass.prune(model, (x,), pipeline)
                     budget = res.record.passes[0]["changes"]["budget"]
                     predicted[key] = (b, budget["achieved"] / budget["dense"],
                                       res.record.cost_after["macs"] / res.record.cost_before["macs"])
+                    pipelines[key] = pipeline
                     files[key] = export_onnx(res.model, (x,), Path(tmp) / f"{key}.onnx")
             runners = {k: runner("ort", f, (x,), threads=args.threads) for k, f in files.items()}
             rounds = alternate(runners, rounds=args.rounds, repeats=5, number=1)
         for key, (b, pred, macs) in predicted.items():
             ratio = Spread.of([p / d for p, d in zip(rounds[key], rounds["dense"])])
             row = {"model": name, "source": key.split("@")[0], "requested": b,
+                   "pipeline": pipelines[key],
                    "predicted": pred, "macs_fraction": macs, "achieved": ratio.to_dict(),
                    "dense_ms": Spread.of(rounds["dense"]).to_dict(),
                    "pruned_ms": Spread.of(rounds[key]).to_dict()}

@@ -180,3 +180,24 @@ def test_block_program_sums_producers_chains_and_feeds_consumers():
     assert BlockSpec((a,)).key == a.key and block.key != a.key
     for backend in ("ort", "torch"):
         assert LayerLatency(backend, threads=1, cache=None, repeats=3, number=1)(block) > 0
+
+
+def test_hw_round_makes_the_same_choices_on_the_torch_model_and_its_onnx_export(
+        tmp_path, monkeypatch):
+    """The dynamo exporter writes a linear layer on a 3-D input as MatMul + Add: timed as the
+    same linear layer, so both routes snap to the same counts."""
+    monkeypatch.setenv("PRUNEPASS_CACHE", str(tmp_path))
+    model = randomize(nn.Sequential(nn.Linear(16, 44), nn.GELU(), nn.Linear(44, 16)).eval())
+    x = torch.randn(1, 10, 16)
+    torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=True,
+                      external_data=False)
+    pipeline = "prune-channels<ratio=0.3,hw-round=ort,hw-threads=1>,dce"
+    routes = [prunepass.prune(model, (x,), pipeline),
+              prunepass.prune(str(tmp_path / "m.onnx"), None, pipeline)]
+    groups = [r.record.passes[0]["changes"]["groups"] for r in routes]
+    kept = [sorted((g["channels"], g["kept"]) for g in gs) for gs in groups]
+    assert kept[0] == kept[1] and kept[0][0][0] == 44
+    onnx_am = AnalysisManager(prunepass.load(str(tmp_path / "m.onnx")))
+    cg = onnx_am.get("channel-groups")
+    touched = onnx_am.get("channel-latency", backend="ort", threads=1).touches
+    assert {t.node.op for g in cg.groups for t in touched.get(g.id, [])} == {"matmul"}

@@ -102,8 +102,23 @@ def staircase(table: dict[int, float], tolerance: float = 0.0) -> list[int]:
     return sorted(kept)
 
 
+def weight_axes(node: Node) -> tuple[int, int] | None:
+    """(output axis, input axis) of the weight of a layer hw-round times: a convolution or
+    linear layer (out, in, ...), or a matrix product by a 2-D parameter (in, out), as ONNX
+    exporters write linear layers on 3-D inputs. None for other nodes."""
+    if len(node.inputs) < 2:
+        return None
+    if node.op in (ops.CONV, ops.LINEAR):
+        return 0, 1
+    w = node.inputs[1]
+    if node.op == ops.MATMUL and w.kind == "param" and w.ndim == 2:
+        return 1, 0
+    return None
+
+
 def _touches(node: Node, cg: Any, group_of: np.ndarray):  # noqa: ANN401, ANN202
-    if node.op not in (ops.CONV, ops.LINEAR) or len(node.inputs) < 2:
+    axes = weight_axes(node)
+    if axes is None:
         return
     x, w = node.inputs[0], node.inputs[1]
     if node.op == ops.CONV and (w.ndim != 4 or node.attrs.get("transposed")):
@@ -113,8 +128,8 @@ def _touches(node: Node, cg: Any, group_of: np.ndarray):  # noqa: ANN401, ANN202
     if node.op == ops.CONV and groups > 1 and not depthwise:
         return  # grouped convolutions change in steps of whole groups: not modelled
     try:
-        out_cls = cg.classes_of(w.name, 0)
-        in_cls = cg.classes_of(w.name, 1)
+        out_cls = cg.classes_of(w.name, axes[0])
+        in_cls = cg.classes_of(w.name, axes[1])
     except KeyError:
         return
     out_g = np.bincount(group_of[out_cls][group_of[out_cls] >= 0], minlength=len(cg.groups))
@@ -126,27 +141,29 @@ def _touches(node: Node, cg: Any, group_of: np.ndarray):  # noqa: ANN401, ANN202
 
 def _spec(t: _Touch, size: int, count: int):  # noqa: ANN202
     w = t.node.inputs[1]
+    out_axis, in_axis = weight_axes(t.node)  # type: ignore[misc]
 
     def scaled(dim: int, share: int) -> int:
         return max(1, dim - share + int(round(share * count / size))) if share else dim
 
-    cout = scaled(w.shape[0], t.out_share)
-    cin = cout if t.depthwise else scaled(w.shape[1], t.in_share)
+    cout = scaled(w.shape[out_axis], t.out_share)
+    cin = cout if t.depthwise else scaled(w.shape[in_axis], t.in_share)
     return layer_spec(t.node, cin=cin, cout=cout)
 
 
 def layer_spec(node: Node, cin: int | None = None, cout: int | None = None):  # noqa: ANN201
-    """The LayerSpec timing ``node`` (a 2-D convolution or a linear layer; None for other
-    nodes) at its IR shapes, or with ``cin`` / ``cout`` channels instead. A depthwise
+    """The LayerSpec timing ``node`` (a 2-D convolution or a linear layer, see weight_axes;
+    None for other nodes) at its IR shapes, or with ``cin`` / ``cout`` channels instead. A depthwise
     convolution keeps cin = cout = groups."""
     from prunepass.backends.measure.layer_latency import LayerSpec
-    if node.op not in (ops.CONV, ops.LINEAR) or len(node.inputs) < 2:
+    axes = weight_axes(node)
+    if axes is None:
         return None
     x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    if node.op == ops.LINEAR:
-        cin = cin or w.shape[1]
-        return LayerSpec("linear", cin, cout or w.shape[0],
-                         h=max(1, x.numel // max(w.shape[1], 1)))
+    if node.op != ops.CONV:
+        w_out, w_in = w.shape[axes[0]], w.shape[axes[1]]
+        return LayerSpec("linear", cin or w_in, cout or w_out,
+                         h=max(1, x.numel // max(w_in, 1)))
     if w.ndim != 4 or node.attrs.get("transposed"):
         return None
     groups = int(node.attrs.get("groups") or 1)
