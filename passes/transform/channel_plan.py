@@ -46,9 +46,9 @@ PLAN_OPTIONS = (
            "energy it costs (with `profile`)"),
     Option("profile", str, "x86-epyc", "hardware profile for energy-aware importance and "
            "target-energy"),
-    Option("hw-round", str, "", "snap each group's kept count to the measured latency "
+    Option("hw-round", str, "off", "snap each group's kept count to the measured latency "
            "staircase of its layers on this backend (see the channel-latency analysis); "
-           "round-to then restricts the candidates", ("", "ort", "torch")),
+           "round-to then restricts the candidates", ("off", "ort", "torch")),
     Option("hw-window", float, 0.15, "hw-round: candidates lie within keep * (1 +- this)",
            check=in_range(0.0, 1.0)),
     Option("hw-tolerance", float, 0.03, "hw-round: a smaller count must be this much faster "

@@ -47,7 +47,7 @@ def latency_label(opts) -> str:  # noqa: ANN001
 def hardware_snap(am, opts):  # noqa: ANN001, ANN201
     """hw-round: a function moving a group's kept count onto its measured latency
     staircase, or None."""
-    if not opts["hw-round"]:
+    if opts["hw-round"] == "off":
         return None
     table = am.get("channel-latency", backend=opts["hw-round"], threads=opts["hw-threads"])
     return lambda group, keep: table.snap(
