@@ -201,3 +201,25 @@ def test_hw_round_makes_the_same_choices_on_the_torch_model_and_its_onnx_export(
     cg = onnx_am.get("channel-groups")
     touched = onnx_am.get("channel-latency", backend="ort", threads=1).touches
     assert {t.node.op for g in cg.groups for t in touched.get(g.id, [])} == {"matmul"}
+
+
+class Concat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 24, 3, padding=1)
+        self.c = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.cat([self.a(x), self.b(x)], 1))
+
+
+def test_a_consumer_of_a_concatenation_is_timed_with_all_its_inputs_scaled():
+    adapter = TorchModel.from_module(randomize(Concat().eval()), X)
+    am = AnalysisManager(adapter)
+    cg = am.get("channel-groups")
+    table = ChannelLatency(adapter.graph, cg, SteppedTimer())
+    g8 = next(g for g in cg.groups if g.size == 8)
+    block = table.block(g8, 4)
+    assert [(s.cin, s.cout) for s in block.producers] == [(3, 4)]
+    # c reads a's 8 and b's 24 channels: at half of a, b is assumed halved too (16 in all)
+    assert [(s.cin, s.cout) for s in block.consumers] == [(16, 4)]

@@ -148,6 +148,10 @@ def _spec(t: _Touch, size: int, count: int):  # noqa: ANN202
 
     cout = scaled(w.shape[out_axis], t.out_share)
     cin = cout if t.depthwise else scaled(w.shape[in_axis], t.in_share)
+    if 0 < t.in_share < w.shape[in_axis]:
+        # the input concatenates this group with others (densenet): a ratio prunes those
+        # alike, and the total decides the input's alignment, so scale it all
+        cin = max(1, int(round(w.shape[in_axis] * count / size)))
     return layer_spec(t.node, cin=cin, cout=cout)
 
 
