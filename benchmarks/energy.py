@@ -6,7 +6,10 @@ eager and onnxruntime, batch 1, median of repeated samples). This machine has no
 meter (no RAPL under /sys/class/powercap), so energy stays modelled; the latency part of
 the model is calibrated against the measured latencies (non-negative least squares over
 MACs by kind, bytes moved and node count), and its error is reported both in-sample and
-leave-one-model-out (fitted without the model it predicts).
+leave-one-model-out (fitted without the model it predicts). A second latency model replaces
+the MACs by the layer table: every conv / linear layer of the variant timed alone on the
+backend (LayerLatency, cached), summed and scaled, plus bytes and nodes; its errors are
+reported the same way.
 
     python benchmarks/energy.py [--models resnet18,...] [--backends ort,torch]
     python benchmarks/energy.py --from-speed benchmarks/results/speed.json
@@ -18,6 +21,7 @@ benchmarks/results/x86-epyc-calibrated-<backend>.yaml.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -36,12 +40,37 @@ from prunepass.backends.measure.energy import measure_energy  # noqa: E402
 from prunepass.backends.measure.measure import measure  # noqa: E402
 from prunepass.backends.measure.torch_export import export_onnx  # noqa: E402
 from prunepass.hardware import load_profile, save_profile  # noqa: E402
-from prunepass.hardware.calibrate import Run, calibrate, fit_latency, latency_of  # noqa: E402,F401
+from prunepass.backends.measure.layer_latency import LayerLatency  # noqa: E402
+from prunepass.hardware.calibrate import (Run, calibrate, fit_latency,  # noqa: E402
+                                          fit_layer_latency, latency_of)
+from prunepass.passes.analysis.channel_latency import layer_spec  # noqa: E402
 from prunepass.hardware.calibrate import features  # noqa: E402
 from prunepass.passes.analysis.cost import compute_cost  # noqa: E402
 
 SPEED_SET = ["resnet18", "resnet50", "mobilenet_v2", "vgg16_bn", "densenet121",
              "efficientnet_b0", "convnext_tiny", "vit_b_16"]
+
+
+def layer_table_fit(runs: list[Run]) -> dict:
+    """fit_layer_latency in sample and leave one model out, with the worst error per model."""
+    model, fit = fit_layer_latency(runs)
+    errors = {"in_sample": {r.name: r.rel_error for r in fit}, "leave_one_model_out": {}}
+    for name in {r.name.split("/")[0] for r in runs}:
+        coef, _ = fit_layer_latency([r for r in runs if r.name.split("/")[0] != name])
+        for r in runs:
+            if r.name.split("/")[0] == name:
+                pred = (coef["per_layer"] * r.layer_s + coef["s_per_byte"] * r.bytes
+                        + coef["s_per_node"] * r.nodes)
+                errors["leave_one_model_out"][r.name] = (pred - r.latency_s) / r.latency_s
+    worst: dict = {}
+    for which, errs in errors.items():
+        for key, e in errs.items():
+            m = worst.setdefault(key.split("/")[0], {})
+            m[which] = max(m.get(which, 0.0), abs(e) * 100)
+    return {"model": model, **errors, "worst_per_model_pct": worst,
+            "mape_in_sample": float(np.mean([abs(v) for v in errors["in_sample"].values()]) * 100),
+            "mape_loo": float(np.mean([abs(v) for v in
+                                       errors["leave_one_model_out"].values()]) * 100)}
 
 
 def from_speed(path: Path, models: list[str], backends: list[str]) -> list[tuple]:
@@ -83,6 +112,7 @@ def main() -> None:
                  f"prune-channels<ratio={r}>,dce", None)
                 for m in args.models.split(",") for r in ratios]
     rows = []
+    timers = {b: LayerLatency(b, threads=2) for b in backends}
     from tqdm import tqdm
     for name, variant, pipeline, measured in tqdm(jobs, desc="variants", unit="variant"):
         torch.manual_seed(0)
@@ -106,6 +136,9 @@ def main() -> None:
                     res.model, (x,), Path(tmp) / "m.onnx")
                 st = measure(b, target, (x,), repeats=args.repeats, number=3, warmup=3)
             row[f"{b}_ms"], row[f"{b}_iqr_ms"] = st.median_ms, st.iqr_ms
+        specs = [sp for n in g.nodes if (sp := layer_spec(n)) is not None]
+        for b in backends:  # the layer table: each conv / linear layer timed alone, summed
+            row[f"{b}_layers_ms"] = float(sum(timers[b].many(specs)))
         reading = measure_energy(lambda: res.model(x), device="cpu", calls=3)
         row["energy_measured_j"] = reading.joules
         row["meter"] = reading.source
@@ -114,7 +147,7 @@ def main() -> None:
                    + "  ".join(f"{b} {row[f'{b}_ms']:8.2f} ms" for b in backends))
 
     out = {"profile": args.profile, "machine": platform.processor() or platform.machine(),
-           "rows": rows, "calibration": {}}
+           "rows": rows, "calibration": {}, "layer_table_calibration": {}}
     for b in backends:
         runs = [Run(f"{r['model']}/{r['variant']}", r["macs_by_kind"], r["bytes"], r["nodes"],
                     r[f"{b}_ms"] / 1e3) for r in rows]
@@ -138,6 +171,9 @@ def main() -> None:
             "leave_one_model_out": loo,
             "mape_in_sample": cal.mean_abs_pct_error(),
             "mape_loo": float(np.mean([abs(v) for v in loo.values()]) * 100)}
+        out["layer_table_calibration"][b] = layer_table_fit(
+            [dataclasses.replace(r, layer_s=row[f"{b}_layers_ms"] / 1e3)
+             for r, row in zip(runs, rows)])
 
     print(f"\nenergy per inference, MODELLED with profile {args.profile} (no meter here: "
           f"{rows[0]['meter']})")
@@ -172,6 +208,15 @@ def main() -> None:
               f"sample (worst {worst:.1f}%), {c['mape_loo']:.1f}% leave-one-model-out; "
               f"profile written to {c['profile']}")
 
+    for b, c in out["layer_table_calibration"].items():
+        ok = sum(w["in_sample"] <= 15.0 for w in c["worst_per_model_pct"].values())
+        print(f"{b}, latency model on the layer table (conv/linear layers timed alone, "
+              f"summed, x {c['model']['per_layer']:.3f}, + bytes + nodes): mean abs error "
+              f"{c['mape_in_sample']:.1f}% in sample, {c['mape_loo']:.1f}% leave-one-model-out;"
+              " worst per model (in sample/LOO): " + ", ".join(
+                  f"{m} {w['in_sample']:.1f}/{w['leave_one_model_out']:.1f}%"
+                  for m, w in c["worst_per_model_pct"].items())
+              + f"; {ok}/{len(c['worst_per_model_pct'])} models within 15% in sample")
     write_json("energy.json", out)
 
 

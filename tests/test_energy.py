@@ -208,3 +208,21 @@ def test_infeasible_budget_is_refused():
     with pytest.raises(prunepass.PlanError, match="cannot be met"):
         prunepass.prune(torchvision.models.resnet18().eval(), (torch.randn(1, 3, 64, 64),),
                         "prune-channels<target-macs=1000>")
+
+
+def test_layer_table_fit_recovers_known_coefficients():
+    from prunepass.hardware.calibrate import fit_layer_latency
+    rng = np.random.default_rng(1)
+    runs = []
+    for i in range(10):
+        layer_s, moved, nodes = rng.uniform(1e-3, 5e-2), rng.uniform(1e7, 4e8), int(
+            rng.integers(20, 300))
+        t = 0.8 * layer_s + 2e-11 * moved + 1e-5 * nodes
+        runs.append(Run(f"m{i}", 1e9, moved, nodes, t, layer_s=layer_s))
+    model, rows = fit_layer_latency(runs)
+    assert model["per_layer"] == pytest.approx(0.8, rel=1e-3)
+    assert model["s_per_byte"] == pytest.approx(2e-11, rel=1e-3)
+    assert model["s_per_node"] == pytest.approx(1e-5, rel=1e-3)
+    assert max(abs(r.rel_error) for r in rows) < 1e-6
+    with pytest.raises(ProfileError, match="layer_s"):
+        fit_layer_latency(runs[:3] + [Run("x", 1e9, 1e7, 5, 0.01)])

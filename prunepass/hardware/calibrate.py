@@ -44,6 +44,7 @@ class Run:
     nodes: int
     latency_s: float  # measured
     energy_j: float | None = None  # measured, where a meter exists
+    layer_s: float | None = None  # its conv/linear layers timed alone, summed (LayerLatency)
 
     def mac_vector(self) -> list[float]:
         if isinstance(self.macs, dict):
@@ -108,6 +109,22 @@ def fit_latency(runs: list[Run]) -> tuple[dict, list[FitRow]]:
     model = {"s_per_mac": per_mac, "s_per_byte": float(coef[3]), "s_per_node": float(coef[4])}
     pred = a @ coef
     return model, [FitRow(r.name, r.latency_s, float(p)) for r, p in zip(runs, pred)]
+
+
+def fit_layer_latency(runs: list[Run]) -> tuple[dict[str, float], list[FitRow]]:
+    """t = per_layer * (the run's conv/linear layers timed alone, summed) + s_per_byte *
+    bytes + s_per_node * nodes, on relative error. Timed layers carry what MACs cannot:
+    kernels that run fast or slow for their channel counts."""
+    if any(r.layer_s is None for r in runs):
+        raise ProfileError("a layer-table fit needs every run's layer_s")
+    a = np.array([[r.layer_s, r.bytes, r.nodes] for r in runs], dtype=float)
+    y = np.array([r.latency_s for r in runs])
+    scale = np.where(a.max(0) > 0, a.max(0), 1.0)
+    coef, _ = nnls(a / scale / y[:, None], np.ones_like(y))
+    coef = coef / scale
+    model = {"per_layer": float(coef[0]), "s_per_byte": float(coef[1]),
+             "s_per_node": float(coef[2])}
+    return model, [FitRow(r.name, r.latency_s, float(p)) for r, p in zip(runs, a @ coef)]
 
 
 def latency_of(model: dict, kind: str, macs: float, moved: float, is_compute: bool) -> float:
