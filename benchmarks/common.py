@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import resource
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prunepass.testing import randomize  # noqa: F401  (re-exported for the scripts)
 
@@ -41,3 +43,30 @@ def row_notes(r: dict) -> list[str]:
     if not r["finite"]:
         note.append("non-finite output")
     return note
+
+
+def print_row(run: Callable[[], dict], model: str, **fields: Any) -> None:
+    """The child side of run_isolated: print ``run()`` as one JSON line, or a failed row
+    naming the exception (reported in the table, never hidden)."""
+    try:
+        print(json.dumps(run()))
+    except Exception as e:  # any failure of the model under test is a row
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        print(json.dumps({"model": model, **fields, "ok": False,
+                          "error": f"{type(e).__name__}: {msg}"}))
+
+
+def run_isolated(script: str | Path, model: str, args: list[str], timeout: float) -> dict:
+    """Run ``script --one MODEL ARGS`` in a fresh interpreter, so a crash or a leak in one
+    model is a row of the table; its last JSON line is the row."""
+    try:
+        p = subprocess.run([sys.executable, str(script), "--one", model, *args],
+                           capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": model, "ok": False, "error": f"timed out after {timeout}s"}
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if line:
+        return json.loads(line[-1])
+    return {"model": model, "ok": False,
+            "error": (p.stderr.strip().splitlines() or ["no output"])[-1][:300]
+            + f" (exit status {p.returncode})"}

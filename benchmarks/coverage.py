@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb, randomize, row_notes, rss_mb, write_json  # noqa: E402
+from common import (peak_rss_mb, print_row, randomize, row_notes, rss_mb,  # noqa: E402
+                    run_isolated, write_json)
 
 EQUIV_TOL = 1e-4
 
@@ -95,11 +95,7 @@ def main() -> None:
                     "models not run now are kept (re-run a few models of a full table)")
     args = ap.parse_args()
     if args.one:
-        try:
-            print(json.dumps(run_one(args.one)))
-        except Exception as e:  # reported in the table, never hidden
-            print(json.dumps({"model": args.one, "ok": False,
-                              "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}))
+        print_row(lambda: run_one(args.one), args.one)
         return
     import torchvision
     names = args.models.split(",") if args.models else \
@@ -107,22 +103,12 @@ def main() -> None:
     from tqdm import tqdm
     rows = []
     for name in tqdm(names, desc="models", unit="model"):
-        try:
-            p = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True,
-                               text=True, timeout=args.timeout)
-            line = [l for l in p.stdout.splitlines() if l.startswith("{")]
-            row = json.loads(line[-1]) if line else {
-                "model": name, "ok": False,
-                "error": (p.stderr.strip().splitlines() or ["no output"])[-1][:300]}
-        except subprocess.TimeoutExpired:
-            row = {"model": name, "ok": False, "error": f"timed out after {args.timeout}s"}
+        row = run_isolated(__file__, name, [], args.timeout)
         rows.append(row)
         tqdm.write(_fmt(row))
     if args.merge:
-        import json as _json
-        from pathlib import Path as _Path
         done = {r["model"] for r in rows}
-        old = [r for r in _json.loads(_Path(args.merge).read_text()) if r["model"] not in done]
+        old = [r for r in json.loads(Path(args.merge).read_text()) if r["model"] not in done]
         rows = sorted(old + rows, key=lambda r: r["model"])
     path = write_json("coverage.json", rows)
     print()

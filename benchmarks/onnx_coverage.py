@@ -20,8 +20,6 @@ benchmarks/results/onnx_coverage_<exporter>.json and prints a table and N/total.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,19 +27,11 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import peak_rss_mb, randomize, row_notes, write_json  # noqa: E402
+from common import (peak_rss_mb, print_row, randomize, row_notes,  # noqa: E402
+                    run_isolated, write_json)
 
 EQUIV_TOL = 1e-4  # relative to the largest output, as benchmarks/coverage.py
 CONTROL_MIN = 1e-3  # the negative control must differ by more than this
-
-
-def rel_error(a: list, b: list) -> float:
-    """Largest |a - b| over the largest |b|; any non-finite value is an infinite error."""
-    import numpy as np
-    if not all(np.isfinite(x).all() for x in [*a, *b]):
-        return float("inf")
-    return max(float(np.abs(x - y).max()) / max(float(np.abs(y).max()), 1e-12)
-               for x, y in zip(a, b))
 
 
 def export(model, x, path: Path, exporter: str) -> None:  # noqa: ANN001
@@ -62,6 +52,7 @@ def run_one(name: str, exporter: str, size: int) -> dict:
     import torchvision
 
     import prunepass
+    from prunepass.passes.transform.prune_channels import relative_error
     from prunepass.frontends.onnx import OnnxModel
     from prunepass.frontends.onnx.runtime import Session
     from prunepass.pm import AnalysisManager, PassManager
@@ -125,10 +116,10 @@ def run_one(name: str, exporter: str, size: int) -> dict:
         exact.apply_keep(keep, "remove")
         pruned_out = exact.run()
         del exact
-        row["equiv_err"] = rel_error(pruned_out, reference)
-        row["control_err"] = rel_error(pruned_out, wrong)
+        row["equiv_err"] = relative_error(pruned_out, reference)
+        row["control_err"] = relative_error(pruned_out, wrong)
         # the untouched input file still gives the dense outputs
-        row["input_unchanged"] = rel_error(
+        row["input_unchanged"] = relative_error(
             Session(onnx.load(str(src))).run(xs), [dense_out]) == 0.0
     row["peak_rss_mb"] = round(peak_rss_mb(), 1)
     # a model with no exact group to prune has nothing to compare: not counted as verified
@@ -148,12 +139,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=1800)
     args = ap.parse_args()
     if args.one:
-        try:
-            print(json.dumps(run_one(args.one, args.exporter, args.size)))
-        except Exception as e:  # reported in the table, never hidden
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            print(json.dumps({"model": args.one, "exporter": args.exporter, "ok": False,
-                              "error": f"{type(e).__name__}: {msg}"}))
+        print_row(lambda: run_one(args.one, args.exporter, args.size), args.one,
+                  exporter=args.exporter)
         return
     import torchvision
     names = args.models.split(",") if args.models else \
@@ -162,17 +149,8 @@ def main() -> None:
     rows = []
     for name in tqdm(names, desc="models", unit="model"):
         t = time.perf_counter()
-        try:
-            p = subprocess.run([sys.executable, __file__, "--one", name, "--exporter",
-                                args.exporter, "--size", str(args.size)],
-                               capture_output=True, text=True, timeout=args.timeout)
-            line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-            row = json.loads(line[-1]) if line else {
-                "model": name, "ok": False,
-                "error": (p.stderr.strip().splitlines() or ["no output"])[-1][:300]
-                + f" (exit status {p.returncode})"}
-        except subprocess.TimeoutExpired:
-            row = {"model": name, "ok": False, "error": f"timed out after {args.timeout}s"}
+        row = run_isolated(__file__, name, ["--exporter", args.exporter, "--size",
+                                            str(args.size)], args.timeout)
         row["wall_s"] = round(time.perf_counter() - t, 1)
         rows.append(row)
         tqdm.write(_fmt(row))

@@ -14,16 +14,9 @@ from onnx import TensorProto, helper, numpy_helper
 from prunepass import PlanError, TraceError
 from prunepass.frontends.onnx import OnnxModel
 from prunepass.ir import ops
+from prunepass.passes.transform.prune_channels import relative_error
 from prunepass.pm import AnalysisManager, PassManager
 
-
-def rel_error(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    """Largest |a - b| over the largest |b|, per output; a non-finite value anywhere is an
-    infinite error (NaN compares false, so it could otherwise pass as 0)."""
-    if not all(np.isfinite(x).all() for x in [*a, *b]):
-        return float("inf")
-    return max(float(np.abs(x - y).max()) / max(float(np.abs(y).max()), 1e-12)
-               for x, y in zip(a, b))
 
 OPSET = 18
 RNG = np.random.default_rng(0)
@@ -152,7 +145,7 @@ def test_value_from_batch_and_pruned_size_is_a_plan_error(tmp_path: Path) -> Non
     before = a.run()
     with pytest.raises(PlanError, match=r"node scale_by_size \(Div\).*symbolic size"):
         _prune(a)
-    assert rel_error(a.run(), before) == 0.0  # a refused plan leaves the model as it was
+    assert relative_error(a.run(), before) == 0.0  # a refused plan leaves the model as it was
 
 
 def test_batch_stays_symbolic(tmp_path: Path) -> None:
@@ -253,7 +246,7 @@ def test_uneven_split_gets_explicit_sizes(tmp_path: Path, opset: int) -> None:
     masked.apply_keep(keep, "mask")
     a.apply_keep(keep, "remove")
     assert [o.shape[1] for o in a.graph.node(a.model.graph.node[1].name).outputs] == [1, 3]
-    assert rel_error(a.run(), masked.run()) <= 1e-6
+    assert relative_error(a.run(), masked.run()) <= 1e-6
     onnx.checker.check_model(a.materialize(), full_check=True)
 
 
@@ -282,4 +275,4 @@ def test_models_over_2gib_go_through_files(tmp_path: Path, monkeypatch) -> None:
     onnx.checker.check_model(str(out), full_check=True)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     y = sess.run(None, {"x": a.example_inputs[0]})[0]
-    assert y.shape == dense[0].shape and rel_error([y], a.run()) <= 1e-6
+    assert y.shape == dense[0].shape and relative_error([y], a.run()) <= 1e-6

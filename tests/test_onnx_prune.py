@@ -18,18 +18,9 @@ import torchvision
 
 from prunepass.frontends.onnx import OnnxModel
 from prunepass.passes.transform.channel_plan import PLAN_OPTIONS
-from prunepass.passes.transform.prune_channels import plan_keep
+from prunepass.passes.transform.prune_channels import plan_keep, relative_error
 from prunepass.pm import AnalysisManager, PassManager
 from prunepass.testing import randomize
-
-
-def rel_error(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    """Largest |a - b| over the largest |b|, per output; a non-finite value anywhere is an
-    infinite error (NaN compares false, so it could otherwise pass as 0)."""
-    if not all(np.isfinite(x).all() for x in [*a, *b]):
-        return float("inf")
-    return max(float(np.abs(x - y).max()) / max(float(np.abs(y).max()), 1e-12)
-               for x, y in zip(a, b))
 
 
 class ConvNet(torch.nn.Module):
@@ -168,7 +159,7 @@ def test_pruning_equals_masking(exported, name: str, exporter: str) -> None:  # 
     untouched = a.clone()
     untouched.apply_keep(everything, "remove")
     same = a.run()
-    assert rel_error(same, dense) <= 1e-6  # the adapter runs what the file holds
+    assert relative_error(same, dense) <= 1e-6  # the adapter runs what the file holds
     assert all(np.array_equal(u, s) for u, s in zip(untouched.run(), same))
     # pruning equals masking the same channels of the original model
     assert sum(g["kept"] < g["channels"] for g in groups) >= MIN_EXACT_GROUPS[name]
@@ -182,7 +173,7 @@ def test_pruning_equals_masking(exported, name: str, exporter: str) -> None:  # 
     onnx.checker.check_model(out_model, full_check=True)
     out = _ort(out_model, xs)
     assert [o.shape for o in out] == [d.shape for d in dense]
-    assert rel_error(out, reference) <= 1e-5
+    assert relative_error(out, reference) <= 1e-5
     assert out_model.ByteSize() < 0.8 * original.ByteSize()
     assert [o.version for o in out_model.opset_import] == \
         [o.version for o in original.opset_import]
@@ -191,7 +182,7 @@ def test_pruning_equals_masking(exported, name: str, exporter: str) -> None:  # 
     shifted = {k: (idx + 1) % sizes[k] for k, idx in keep.items()}
     wrong = a.clone()
     wrong.apply_keep(shifted, "mask")
-    assert rel_error(out, wrong.run()) > 1e-2
+    assert relative_error(out, wrong.run()) > 1e-2
 
 
 def _size(a: OnnxModel, key: tuple[str, int]) -> int:
@@ -234,7 +225,7 @@ def test_fold_bn_then_prune(tmp_path: Path, exporter: str) -> None:
     assert sum(n.op == "batchnorm" for n in a.graph.nodes) == 0
     assert rec.passes[1]["changes"]["max_rel_error_vs_masked"] <= 1e-5
     with torch.no_grad():
-        assert rel_error(dense, [model(x).numpy()]) <= 1e-5
+        assert relative_error(dense, [model(x).numpy()]) <= 1e-5
     onnx.checker.check_model(a.materialize(), full_check=True)
 
 
@@ -296,7 +287,7 @@ def test_record_reapplies_to_a_fresh_copy(exported, tmp_path: Path) -> None:  # 
     first.record.save(tmp_path / "rec.json")
     again = prunepass.apply_record(OnnxModel.load(path), None, str(tmp_path / "rec.json"))
     assert again.record.keep == first.record.keep
-    assert rel_error(again.adapter.run(), first.adapter.run()) == 0.0
+    assert relative_error(again.adapter.run(), first.adapter.run()) == 0.0
     assert isinstance(again.model, onnx.ModelProto)
 
 
