@@ -207,17 +207,8 @@ def part_digits(args: argparse.Namespace) -> dict:
 
 
 def _eager_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int = 15) -> float:
-    import statistics
-    model.eval()
-    with torch.inference_mode():
-        for _ in range(3):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    from prunepass.backends.measure.measure import measure
+    return measure("torch", model, (x,), repeats=repeats, number=1, warmup=3).median_ms
 
 
 def part_latency(args: argparse.Namespace) -> list[dict]:

@@ -74,43 +74,12 @@ def zipped(path: Path) -> int:
     return z.stat().st_size
 
 
-def _stats(times: list[float]) -> dict[str, float]:
-    return {"median": round(float(np.median(times)) * 1e3, 4),
-            "min": round(float(np.min(times)) * 1e3, 4)}
-
-
-def ort_latency_ms(path: Path, x: np.ndarray, repeat: int) -> dict[str, float]:
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1  # the machine is shared: one thread, compared like for like
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: x}
-    for _ in range(max(repeat // 10, 3)):
-        sess.run(None, feed)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t)
-    return _stats(times)
-
-
-def torch_latency_ms(module, x, repeat: int) -> dict[str, float]:  # noqa: ANN001
-    import torch
-    module.eval()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # like onnxruntime above
-    with torch.no_grad():
-        for _ in range(max(repeat // 10, 3)):
-            module(x)
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            module(x)
-            times.append(time.perf_counter() - t)
-    torch.set_num_threads(threads)
-    return _stats(times)
+def latency_ms(backend: str, model, x, repeat: int) -> dict[str, float]:  # noqa: ANN001
+    """Median and minimum ms on one thread (the machine is shared: compared like for like)."""
+    from prunepass.backends.measure.measure import measure
+    st = measure(backend, model, (x,), repeats=repeat, number=1,
+                 warmup=max(repeat // 10, 3), threads=1)
+    return {"median": round(st.median_ms, 4), "min": round(st.min_ms, 4)}
 
 
 def accuracy_study(args, data, dense, calib) -> tuple[list[dict], dict]:  # noqa: ANN001
@@ -243,11 +212,11 @@ def size_and_latency(args, dense, xte) -> list[dict]:  # noqa: ANN001
                                   "onnx_zip": zipped(onnx_path),
                                   "onnx_sparse_initializers": sparse_path.stat().st_size},
                    "latency_ms": {
-                       "onnxruntime": ort_latency_ms(onnx_path, xn, args.repeat),
-                       "onnxruntime_sparse_initializers": ort_latency_ms(sparse_path, xn,
+                       "onnxruntime": latency_ms("ort", onnx_path, xn, args.repeat),
+                       "onnxruntime_sparse_initializers": latency_ms("ort", sparse_path, xn,
                                                                          args.repeat),
-                       "torch_masked": torch_latency_ms(module, x, args.repeat),
-                       "torch_baked": torch_latency_ms(weight_masks.bake(module), x,
+                       "torch_masked": latency_ms("torch", module, x, args.repeat),
+                       "torch_baked": latency_ms("torch", weight_masks.bake(module), x,
                                                        args.repeat)}}
             out.append(row)
             f = row["file_bytes"]
