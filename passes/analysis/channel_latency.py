@@ -69,7 +69,9 @@ class ChannelLatency:
         if not self.touches.get(group.id) or keep >= group.size:
             return keep
         cands = candidates(keep, group.size, window, round_to, min_keep)
-        table = {c: self.latency_ms(group, c) for c in cands}
+        # one batch: what is missing is measured, and the cache file written, once
+        times = self.timer.many([self.block(group, c) for c in cands])
+        table = dict(zip(cands, (float(t) for t in times)))
         stair = staircase(table, tolerance)
         return min(stair, key=lambda c: (abs(c - keep), -c))
 
@@ -116,15 +118,23 @@ def weight_axes(node: Node) -> tuple[int, int] | None:
     return None
 
 
+def _depthwise(node: Node) -> bool:
+    """One filter per input channel. Read from the shapes, which may be a plan's, not from
+    the groups attribute, which stays the model's."""
+    x, w = node.inputs[0], node.inputs[1]
+    return int(node.attrs.get("groups") or 1) > 1 and w.shape[1] == 1 and \
+        x.shape[1] == w.shape[0]
+
+
 def _touches(node: Node, cg: Any, group_of: np.ndarray):  # noqa: ANN401, ANN202
     axes = weight_axes(node)
     if axes is None:
         return
-    x, w = node.inputs[0], node.inputs[1]
+    w = node.inputs[1]
     if node.op == ops.CONV and (w.ndim != 4 or node.attrs.get("transposed")):
         return  # 2-D convolutions only; the rest is left out of the sum
     groups = int(node.attrs.get("groups") or 1)
-    depthwise = node.op == ops.CONV and groups > 1 and w.shape[1] == 1 and groups == x.shape[1]
+    depthwise = node.op == ops.CONV and _depthwise(node)
     if node.op == ops.CONV and groups > 1 and not depthwise:
         return  # grouped convolutions change in steps of whole groups: not modelled
     try:
@@ -171,8 +181,7 @@ def layer_spec(node: Node, cin: int | None = None, cout: int | None = None):  # 
     if w.ndim != 4 or node.attrs.get("transposed"):
         return None
     groups = int(node.attrs.get("groups") or 1)
-    # shapes may be a plan's while attrs are the model's: depthwise = one filter per channel
-    depthwise = groups > 1 and w.shape[1] == 1 and x.shape[1] == w.shape[0]
+    depthwise = _depthwise(node)
     cout = cout or w.shape[0]
     if depthwise:
         cin = groups = cout
