@@ -337,8 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("profiles", help="list the shipped hardware profiles")
     s.set_defaults(fn=cmd_profiles)
 
-    s = sub.add_parser("demo", help="the end-to-end demo (digits CNN + a torchvision model)")
-    s.add_argument("--quick", action="store_true", help="fewer epochs, smaller model")
+    s = sub.add_parser("demo", help="the end-to-end demo: digits CNN, resnet18, "
+                       "mobilenet_v2 latency in onnxruntime")
+    s.add_argument("--quick", action="store_true",
+                   help="fewer epochs, smaller model, no latency section")
     s.set_defaults(fn=cmd_demo)
     return p
 
