@@ -5,8 +5,10 @@ memory / static) from a hardware profile, and latency measured on this machine (
 eager and onnxruntime, batch 1, median of repeated samples). This machine has no energy
 meter (no RAPL under /sys/class/powercap), so energy stays modelled; the latency part of
 the model is calibrated against the measured latencies (non-negative least squares over
-MACs by kind, bytes moved and node count), and its error is reported both in-sample and
-leave-one-model-out (fitted without the model it predicts). A second latency model replaces
+MACs by kind, bytes moved and node count; each MAC kind split into layers whose channel
+counts fill a channel block and the rest, the block chosen among 1/4/8/16 by the fit), and
+its error is reported both in-sample and leave-one-model-out (fitted without the model it
+predicts). The fit without the alignment split is reported beside it. A second latency model replaces
 the MACs by the layer table: every conv / linear layer of the variant timed alone on the
 backend (LayerLatency, cached), summed and scaled, plus bytes and nodes; its errors are
 reported the same way.
@@ -41,7 +43,8 @@ from prunepass.backends.measure.measure import measure  # noqa: E402
 from prunepass.backends.measure.torch_export import export_onnx  # noqa: E402
 from prunepass.hardware import load_profile, save_profile  # noqa: E402
 from prunepass.backends.measure.layer_latency import LayerLatency  # noqa: E402
-from prunepass.hardware.calibrate import (Run, calibrate, fit_latency,  # noqa: E402
+from prunepass.hardware.calibrate import (CHANNEL_BLOCKS, Run, calibrate,  # noqa: E402
+                                          fit_aligned_latency, fit_latency,
                                           fit_layer_latency, latency_of)
 from prunepass.passes.analysis.channel_latency import layer_spec  # noqa: E402
 from prunepass.hardware.calibrate import features  # noqa: E402
@@ -62,15 +65,46 @@ def layer_table_fit(runs: list[Run]) -> dict:
                 pred = (coef["per_layer"] * r.layer_s + coef["s_per_byte"] * r.bytes
                         + coef["s_per_node"] * r.nodes)
                 errors["leave_one_model_out"][r.name] = (pred - r.latency_s) / r.latency_s
+    return {"model": model, **errors, "worst_per_model_pct": worst_per_model(errors),
+            "mape_in_sample": float(np.mean([abs(v) for v in errors["in_sample"].values()]) * 100),
+            "mape_loo": float(np.mean([abs(v) for v in
+                                       errors["leave_one_model_out"].values()]) * 100)}
+
+
+def predict(model: dict, row: dict) -> float:
+    """A calibrated latency model's prediction (s) for a benchmark row."""
+    macs = row["macs_by_block"][str(model.get("channel_block", 1))]
+    return (sum(latency_of(model, k, m, 0.0, False) for k, m in macs.items())
+            + model["s_per_byte"] * row["bytes"] + model["s_per_node"] * row["nodes"])
+
+
+def runs_for(rows: list[dict], backend: str, block: int) -> list[Run]:
+    return [Run(f"{r['model']}/{r['variant']}", r["macs_by_block"][str(block)], r["bytes"],
+                r["nodes"], r[f"{backend}_ms"] / 1e3) for r in rows]
+
+
+def leave_one_model_out(rows: list[dict], backend: str, aligned: bool) -> dict[str, float]:
+    """Relative error of each row's prediction by a model fitted without its model."""
+    errors = {}
+    for name in {r["model"] for r in rows}:
+        train = [r for r in rows if r["model"] != name]
+        fitted, _ = (fit_aligned_latency({b: runs_for(train, backend, b) for b in CHANNEL_BLOCKS})
+                     if aligned else fit_latency(runs_for(train, backend, 1)))
+        for r in rows:
+            if r["model"] == name:
+                measured = r[f"{backend}_ms"] / 1e3
+                errors[f"{name}/{r['variant']}"] = (predict(fitted, r) - measured) / measured
+    return errors
+
+
+def worst_per_model(errors: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """{model: {which: largest |error| in % over its variants}} for errors[which][run]."""
     worst: dict = {}
     for which, errs in errors.items():
         for key, e in errs.items():
             m = worst.setdefault(key.split("/")[0], {})
             m[which] = max(m.get(which, 0.0), abs(e) * 100)
-    return {"model": model, **errors, "worst_per_model_pct": worst,
-            "mape_in_sample": float(np.mean([abs(v) for v in errors["in_sample"].values()]) * 100),
-            "mape_loo": float(np.mean([abs(v) for v in
-                                       errors["leave_one_model_out"].values()]) * 100)}
+    return worst
 
 
 def from_speed(path: Path, models: list[str], backends: list[str]) -> list[tuple]:
@@ -120,10 +154,12 @@ def main() -> None:
         x = torch.randn(1, 3, 224, 224)
         res = prunepass.prune(model, (x,), pipeline, energy_profile=args.profile)
         g = res.adapter.graph
-        macs, moved, nodes = features(g, compute_cost(g))
+        cost = compute_cost(g)
+        macs, moved, nodes = features(g, cost)
         e = res.record.energy_after
         row = {"model": name, "variant": variant, "macs": sum(macs.values()),
                "macs_by_kind": macs, "bytes": moved, "nodes": nodes,
+               "macs_by_block": {str(b): features(g, cost, b)[0] for b in CHANNEL_BLOCKS},
                "energy_mj_modelled": e["total"] / 1e9,
                "compute_mj": e["compute"] / 1e9, "memory_mj": e["memory"] / 1e9,
                "static_mj": e["static"] / 1e9, "latency_roofline_ms": e["latency_s"] * 1e3}
@@ -147,30 +183,29 @@ def main() -> None:
                    + "  ".join(f"{b} {row[f'{b}_ms']:8.2f} ms" for b in backends))
 
     out = {"profile": args.profile, "machine": platform.processor() or platform.machine(),
-           "rows": rows, "calibration": {}, "layer_table_calibration": {}}
+           "rows": rows, "calibration": {}, "calibration_no_alignment": {},
+           "layer_table_calibration": {}}
     for b in backends:
-        runs = [Run(f"{r['model']}/{r['variant']}", r["macs_by_kind"], r["bytes"], r["nodes"],
-                    r[f"{b}_ms"] / 1e3) for r in rows]
-        cal = calibrate(profile, runs, f"{platform.machine()} {b} (2 threads)")
+        runs = runs_for(rows, b, 1)
+        cal = calibrate(profile, runs, f"{platform.machine()} {b} (2 threads)",
+                        aligned={k: runs_for(rows, b, k) for k in CHANNEL_BLOCKS})
         path = RESULTS / f"{args.profile}-calibrated-{b}.yaml"
         RESULTS.mkdir(parents=True, exist_ok=True)
         save_profile(cal.profile, path)
-        # leave one model out: fit without the model, predict its variants
-        loo = {}
-        for name in {r["model"] for r in rows}:
-            train = [r for r, row in zip(runs, rows) if row["model"] != name]
-            model_, _ = fit_latency(train)
-            for r, row in zip(runs, rows):
-                if row["model"] == name:
-                    pred = sum(latency_of(model_, k, m, 0.0, False)
-                               for k, m in row["macs_by_kind"].items())
-                    pred += model_["s_per_byte"] * row["bytes"] + model_["s_per_node"] * row["nodes"]
-                    loo[r.name] = (pred - r.latency_s) / r.latency_s
+        loo = leave_one_model_out(rows, b, aligned=True)
         out["calibration"][b] = {
-            "profile": str(path), "in_sample": {r.name: r.rel_error for r in cal.latency},
+            "profile": str(path), "channel_block": cal.profile.extra["latency_model"][
+                "channel_block"], "in_sample": {r.name: r.rel_error for r in cal.latency},
             "leave_one_model_out": loo,
             "mape_in_sample": cal.mean_abs_pct_error(),
             "mape_loo": float(np.mean([abs(v) for v in loo.values()]) * 100)}
+        _, plain = fit_latency(runs)
+        plain_errors = {"in_sample": {r.name: r.rel_error for r in plain},
+                        "leave_one_model_out": leave_one_model_out(rows, b, aligned=False)}
+        out["calibration_no_alignment"][b] = {
+            **plain_errors, "worst_per_model_pct": worst_per_model(plain_errors),
+            **{f"mape_{k}": float(np.mean([abs(v) for v in plain_errors[w].values()]) * 100)
+               for k, w in (("in_sample", "in_sample"), ("loo", "leave_one_model_out"))}}
         out["layer_table_calibration"][b] = layer_table_fit(
             [dataclasses.replace(r, layer_s=row[f"{b}_layers_ms"] / 1e3)
              for r, row in zip(runs, rows)])
@@ -191,22 +226,20 @@ def main() -> None:
               f"{r['static_mj']:>8.2f} {cells}")
     for b in backends:
         c = out["calibration"][b]
-        per_model = {}
-        for which in ("in_sample", "leave_one_model_out"):
-            for key, err in c[which].items():
-                m = key.split("/")[0]
-                per_model.setdefault(m, {}).setdefault(which, []).append(abs(err) * 100)
-        c["worst_per_model_pct"] = {m: {w: max(v) for w, v in d.items()}
-                                    for m, d in per_model.items()}
-        ok = sum(d["in_sample"] <= 15.0 for d in c["worst_per_model_pct"].values())
-        print(f"{b}: worst error per model (in sample / leave-one-model-out): " + ", ".join(
-            f"{m} {d['in_sample']:.1f}/{d['leave_one_model_out']:.1f}%"
-            for m, d in c["worst_per_model_pct"].items())
-            + f"; {ok}/{len(per_model)} models within 15% in sample")
-        worst = max(abs(v) for v in c["in_sample"].values()) * 100
-        print(f"{b}: calibrated latency model, mean abs error {c['mape_in_sample']:.1f}% in "
-              f"sample (worst {worst:.1f}%), {c['mape_loo']:.1f}% leave-one-model-out; "
-              f"profile written to {c['profile']}")
+        c["worst_per_model_pct"] = worst_per_model(
+            {w: c[w] for w in ("in_sample", "leave_one_model_out")})
+        for label, fit in ((f"channel block {c['channel_block']}", c),
+                           ("no alignment split", out["calibration_no_alignment"][b])):
+            worst = fit["worst_per_model_pct"]
+            ok = sum(d["in_sample"] <= 15.0 for d in worst.values())
+            print(f"{b}, {label}: mean abs error {fit['mape_in_sample']:.1f}% in sample, "
+                  f"{fit['mape_loo']:.1f}% leave-one-model-out; worst per model (in sample / "
+                  "leave-one-model-out): " + ", ".join(
+                      f"{m} {d['in_sample']:.1f}/{d['leave_one_model_out']:.1f}%"
+                      for m, d in sorted(worst.items()))
+                  + f"; {ok}/{len(worst)} models within 15% in sample")
+        print(f"{b}: calibrated profile (channel block {c['channel_block']}) written to "
+              f"{c['profile']}")
 
     for b, c in out["layer_table_calibration"].items():
         ok = sum(w["in_sample"] <= 15.0 for w in c["worst_per_model_pct"].values())

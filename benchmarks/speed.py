@@ -20,6 +20,8 @@ efficiency = speedup / MACs reduction (1.0: latency falls as fast as MACs).
 
     python benchmarks/speed.py [--models resnet18,...] [--ratios 0.3,0.5]
         [--backends torch,ort,ort-onnx] [--threads 2] [--rounds 7]
+    python benchmarks/speed.py --models densenet121 --into speed.json
+        (re-measure one model and put it in place of its row in speed.json)
     python benchmarks/speed.py --models resnet18 --ratios 0.5 --variants hw \
         --backends ort,tvm-tuned --trials-per-task 8 --out speed-tvm.json
 Writes benchmarks/results/speed.json (rows also carry each variant's cost features, which
@@ -28,6 +30,7 @@ benchmarks/energy.py calibrates against) and speed.png.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -216,6 +219,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--trials-per-task", type=int, default=16, help="tvm-tuned budget")
     ap.add_argument("--out", default="speed.json")
+    ap.add_argument("--into", help="a previous result (under benchmarks/results) whose rows "
+                    "for the models measured now are replaced; the rest are kept, each "
+                    "model's ratios still come from one process")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
@@ -223,15 +229,21 @@ def main() -> None:
     # (measured: onnxruntime's resnet18 at 23.8 ms instead of 9.5 ms between TVM runs)
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
     backends = args.backends.split(",")
+    kept = []
+    if args.into:
+        kept = json.loads((RESULTS / args.into).read_text())["rows"]
+        kept = [r for r in kept if r["model"] not in args.models.split(",")]
     rows = []
     from tqdm import tqdm
     for name in tqdm(args.models.split(","), desc="models", unit="model"):
         with tempfile.TemporaryDirectory(prefix="prunepass-speed-") as tmp:
             rows.append(run_model(name, args, Path(tmp)))
         write_json(args.out, {"machine": platform.machine(), "threads": args.threads,
-                              "backends": backends, "rows": rows,
-                              "summary": summary(rows, backends),
+                              "backends": backends, "rows": kept + rows,
+                              "summary": summary(kept + rows, backends),
                               "trials_per_task": args.trials_per_task})
+    order = {m: i for i, m in enumerate(SPEED_SET)}
+    rows = sorted(kept + rows, key=lambda r: order.get(r["model"], len(order)))
     print_table(rows, backends)
     for k, s in summary(rows, backends).items():
         print(f"{k:18} median efficiency {s['median_efficiency']:.2f}, min speedup "

@@ -13,7 +13,6 @@ from prunepass.backends.measure.energy import RaplMeter, measure_energy, MeterUn
 from prunepass.frontends.torch import TorchModel
 from prunepass.hardware import ProfileError, available_profiles, load_profile
 from prunepass.hardware.calibrate import Run, calibrate, features
-from prunepass.hardware.profile import parse_profile
 from prunepass.passes.analysis.cost import compute_cost
 from prunepass.passes.analysis.energy import PJ_PER_J, compute_energy
 
@@ -127,6 +126,48 @@ def test_calibration_recovers_known_coefficients():
     assert "calibrated on synthetic, 2026-11-23" in cal.profile.provenance
     with pytest.raises(ProfileError, match="at least 3"):
         calibrate(load_profile("x86-epyc"), runs[:2], "x")
+
+
+def _widths_net(c1: int, c2: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, c1, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(c1, c1, 3, padding=1, groups=c1), nn.ReLU(),
+                         nn.Conv2d(c1, c2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(c2, 16)).eval()
+
+
+def test_calibration_finds_the_channel_block_and_its_unaligned_cost():
+    """Layers whose channels are not multiples of 8 run 3x slower per MAC: the aligned fit
+    picks block 8 among 1/4/8/16 and recovers both costs, and the energy analysis then
+    predicts a held-out width exactly."""
+    truth = {"conv": 2e-11, "grouped_conv": 8e-11, "gemm": 1e-11}
+    truth.update({f"{k}_unaligned": 3 * v for k, v in list(truth.items())})
+    s_byte, s_node = 1e-10, 2e-5
+
+    def graph(c1: int, c2: int, size: int):  # noqa: ANN202
+        g = TorchModel.from_module(_widths_net(c1, c2), (torch.randn(1, 3, size, size),)).graph
+        return g, compute_cost(g)
+
+    def true_latency(g, cost) -> float:  # noqa: ANN001
+        macs, moved, nodes = features(g, cost, 8)
+        return sum(truth[k] * m for k, m in macs.items()) + s_byte * moved + s_node * nodes
+
+    widths = [(8, 16), (12, 16), (16, 20), (20, 24), (24, 32), (28, 36), (32, 40), (36, 44),
+              (40, 48), (44, 52), (48, 60), (52, 64)]
+    # image sizes vary too, so no cost column is a combination of the others
+    graphs = [graph(*w, 6 + 2 * (i % 3)) for i, w in enumerate(widths)]
+    aligned = {b: [Run(str(w), *features(g, c, b), true_latency(g, c))
+                   for w, (g, c) in zip(widths, graphs)] for b in (1, 4, 8, 16)}
+    cal = calibrate(load_profile("x86-epyc"), aligned[1], "synthetic", aligned=aligned)
+    lm = cal.profile.extra["latency_model"]
+    assert lm["channel_block"] == 8
+    for k, v in truth.items():
+        assert lm["s_per_mac"][k] == pytest.approx(v, rel=1e-3)
+    assert cal.mean_abs_pct_error("latency") < 1e-3
+    plain = calibrate(load_profile("x86-epyc"), aligned[1], "synthetic")
+    assert plain.mean_abs_pct_error("latency") > 1.0  # one cost per kind cannot fit this
+    held_out = graph(30, 56, 9)  # 30: unaligned for 8 (and 4)
+    e = compute_energy(*held_out, cal.profile)
+    assert e.totals["latency_s"] == pytest.approx(true_latency(*held_out), rel=1e-3)
 
 
 def test_calibrated_profile_round_trips_and_drives_the_analysis(tmp_path):

@@ -81,8 +81,8 @@ def compute_energy(graph: Graph, cost, profile: HardwareProfile,  # noqa: ANN001
         if node_latency is not None and c.node in node_latency:
             latency = node_latency[c.node]
         elif lat_model:
-            latency = latency_of(lat_model, mac_kind(node), c.macs, moved,
-                                 node.op not in VIEW_OPS)
+            kind = mac_kind(node, lat_model.get("channel_block", 1)) if c.macs else "conv"
+            latency = latency_of(lat_model, kind, c.macs, moved, node.op not in VIEW_OPS)
         else:
             latency = max(c.macs / profile.peak(dtype), moved / (level.bandwidth_gbs * 1e9))
         if e_model:

@@ -2,7 +2,11 @@
 
 Latency:  t = sum_k s_per_mac[k] * MACs_k + s_per_byte * bytes moved + s_per_node * nodes
           (k: dense conv, grouped/depthwise conv, matrix products; they run at very
-          different speeds per MAC on CPUs)
+          different speeds per MAC on CPUs. With a channel block B, each kind is split into
+          layers whose channel counts are multiples of B and the rest ("_unaligned"): CPU
+          kernels work on blocks of channels, and onnxruntime runs a convolution with
+          unaligned channels in another layout, converting its neighbours' tensors.
+          fit_aligned_latency tries several B and keeps the one that fits best.)
 Energy:   E = j_per_mac * MACs + j_per_byte * bytes moved + static_w * t_measured
 
 The features come from the IR (cost analysis) of each measured model variant, so dense and
@@ -26,13 +30,25 @@ VIEW_OPS = {ops.RESHAPE, ops.PERMUTE, ops.EXPAND, ops.SELECT, ops.SLICE, ops.FIL
             ops.CONSTANT}
 
 
-MAC_KINDS = ("conv", "grouped_conv", "gemm")
+BASE_KINDS = ("conv", "grouped_conv", "gemm")
+MAC_KINDS = BASE_KINDS + tuple(f"{k}_unaligned" for k in BASE_KINDS)
+CHANNEL_BLOCKS = (1, 4, 8, 16)  # tried by fit_aligned_latency; 1: no alignment split
 
 
-def mac_kind(node) -> str:  # noqa: ANN001
+def mac_kind(node, block: int = 1) -> str:  # noqa: ANN001
+    """The node's MAC kind; with ``block`` > 1, "_unaligned" when its input or output
+    channels are not a multiple of the block (a convolution's input of fewer channels
+    than a block, like an image, counts as aligned)."""
     if node.op == ops.CONV:
-        return "grouped_conv" if node.attrs.get("groups", 1) > 1 else "conv"
-    return "gemm"
+        groups = node.attrs.get("groups", 1) or 1
+        kind = "grouped_conv" if groups > 1 else "conv"
+        cin, cout = node.inputs[0].shape[1], node.outputs[0].shape[1]
+        aligned = cout % block == 0 and (groups > 1 or cin % block == 0 or cin < block)
+    else:
+        kind = "gemm"
+        cin, cout = node.inputs[0].shape[-1], node.outputs[0].shape[-1]
+        aligned = cout % block == 0 and cin % block == 0
+    return kind if block <= 1 or aligned else f"{kind}_unaligned"
 
 
 @dataclass
@@ -49,20 +65,21 @@ class Run:
     def mac_vector(self) -> list[float]:
         if isinstance(self.macs, dict):
             return [float(self.macs.get(k, 0.0)) for k in MAC_KINDS]
-        return [float(self.macs), 0.0, 0.0]
+        return [float(self.macs)] + [0.0] * (len(MAC_KINDS) - 1)
 
     @property
     def total_macs(self) -> float:
         return sum(self.mac_vector())
 
 
-def features(graph, cost) -> tuple[dict[str, float], float, int]:  # noqa: ANN001
-    """(MACs by kind, bytes read+written, compute nodes) of a graph from its cost."""
+def features(graph, cost, block: int = 1) -> tuple[dict[str, float], float, int]:  # noqa: ANN001
+    """(MACs by kind, bytes read+written, compute nodes) of a graph from its cost; MACs
+    split by channel alignment when ``block`` > 1 (see mac_kind)."""
     by_name = {n.name: n for n in graph.nodes}
-    macs = {k: 0.0 for k in MAC_KINDS}
+    macs = {k: 0.0 for k in (MAC_KINDS if block > 1 else BASE_KINDS)}
     for c in cost.nodes:
         if c.macs:
-            macs[mac_kind(by_name[c.node])] += c.macs
+            macs[mac_kind(by_name[c.node], block)] += c.macs
     moved = float(sum(c.read_bytes + c.act_bytes for c in cost.nodes))
     nodes = sum(1 for n in graph.nodes if n.op not in VIEW_OPS)
     return macs, moved, nodes
@@ -90,9 +107,10 @@ class Calibration:
         return float(np.mean([abs(r.rel_error) for r in rows]) * 100) if rows else float("nan")
 
 
-def fit_latency(runs: list[Run]) -> tuple[dict, list[FitRow]]:
+def fit_latency(runs: list[Run], block: int = 1) -> tuple[dict, list[FitRow]]:
     """Coefficients minimising the squared *relative* errors: each run's row is divided by
-    its measured latency, so a 2 ms model counts as much as a 200 ms one."""
+    its measured latency, so a 2 ms model counts as much as a 200 ms one. ``block``: the
+    channel block the runs' MACs were split by (features(..., block)), kept in the model."""
     a = np.array([[*r.mac_vector(), r.bytes, r.nodes] for r in runs], dtype=float)
     y = np.array([r.latency_s for r in runs])
     if (y <= 0).any():
@@ -100,15 +118,27 @@ def fit_latency(runs: list[Run]) -> tuple[dict, list[FitRow]]:
     scale = np.where(a.max(0) > 0, a.max(0), 1.0)  # conditioning: solve on scaled columns
     coef, _ = nnls(a / scale / y[:, None], np.ones_like(y))
     coef = coef / scale
-    used = a.max(0) > 0
-    per_mac = {k: float(c) for k, c, u in zip(MAC_KINDS, coef, used)}
-    if not used[1]:  # no grouped convs measured: assume they cost what dense ones do
-        per_mac["grouped_conv"] = per_mac["conv"]
-    if not used[2]:
-        per_mac["gemm"] = per_mac["conv"]
-    model = {"s_per_mac": per_mac, "s_per_byte": float(coef[3]), "s_per_node": float(coef[4])}
+    n = len(MAC_KINDS)
+    used = dict(zip(MAC_KINDS, a.max(0)[:n] > 0))
+    per_mac = {k: float(c) for k, c in zip(MAC_KINDS, coef)}
+    # a kind no run has: assume it costs what its nearest measured kind does
+    for kind, like in (("grouped_conv", "conv"), ("gemm", "conv")):
+        if not used[kind]:
+            per_mac[kind] = per_mac[like]
+    for kind in BASE_KINDS:
+        if not used[f"{kind}_unaligned"]:
+            per_mac[f"{kind}_unaligned"] = per_mac[kind]
+    model = {"s_per_mac": per_mac, "s_per_byte": float(coef[n]),
+             "s_per_node": float(coef[n + 1]), "channel_block": block}
     pred = a @ coef
     return model, [FitRow(r.name, r.latency_s, float(p)) for r, p in zip(runs, pred)]
+
+
+def fit_aligned_latency(runs_by_block: dict[int, list[Run]]) -> tuple[dict, list[FitRow]]:
+    """fit_latency for each channel block (the same runs, MACs split by that block) and
+    the fit with the smallest mean relative error: the block is calibrated too."""
+    fits = [fit_latency(runs, block) for block, runs in sorted(runs_by_block.items())]
+    return min(fits, key=lambda f: float(np.mean([abs(r.rel_error) for r in f[1]])))
 
 
 def fit_layer_latency(runs: list[Run]) -> tuple[dict[str, float], list[FitRow]]:
@@ -128,9 +158,12 @@ def fit_layer_latency(runs: list[Run]) -> tuple[dict[str, float], list[FitRow]]:
 
 
 def latency_of(model: dict, kind: str, macs: float, moved: float, is_compute: bool) -> float:
+    """A node's latency under a fitted model; ``kind`` from mac_kind(node,
+    model["channel_block"])."""
     per_mac = model["s_per_mac"]
-    per_mac = per_mac.get(kind, per_mac.get("conv", 0.0)) if isinstance(per_mac, dict) \
-        else per_mac
+    if isinstance(per_mac, dict):
+        per_mac = per_mac.get(kind, per_mac.get(kind.removesuffix("_unaligned"),
+                                                per_mac.get("conv", 0.0)))
     return per_mac * macs + model["s_per_byte"] * moved + \
         (model["s_per_node"] if is_compute else 0.0)
 
@@ -147,11 +180,15 @@ def fit_energy(runs: list[Run]) -> tuple[dict[str, float], list[FitRow]]:
 
 
 def calibrate(profile: HardwareProfile, runs: list[Run], device: str,
-              date: str | None = None) -> Calibration:
+              date: str | None = None,
+              aligned: dict[int, list[Run]] | None = None) -> Calibration:
+    """Fit the latency (and, where runs carry measured energy, the energy) model. With
+    ``aligned`` (the same runs with MACs split per channel block), the latency model is
+    fitted by fit_aligned_latency instead."""
     if len(runs) < 3:
         raise ProfileError(f"calibration needs at least 3 measured runs, got {len(runs)}")
     date = date or dt.date.today().isoformat()
-    lat_model, lat_rows = fit_latency(runs)
+    lat_model, lat_rows = fit_aligned_latency(aligned) if aligned else fit_latency(runs)
     extra = dict(profile.extra)
     extra["latency_model"] = {**lat_model, "source": f"calibrated on {device}, {date}, "
                               f"{len(runs)} runs"}
