@@ -17,8 +17,9 @@ reported the same way.
     python benchmarks/energy.py --from-speed benchmarks/results/speed.json
         (latencies measured by benchmarks/speed.py, every variant it timed: uniform and
         hardware-rounded pruning; nothing is measured again)
-Writes benchmarks/results/energy.json and the calibrated profile
-benchmarks/results/x86-epyc-calibrated-<backend>.yaml.
+Writes benchmarks/results/energy.json, the calibrated profile
+benchmarks/results/x86-epyc-calibrated-<backend>.yaml and energy-calibration.png (measured
+vs calibrated latency per variant).
 """
 from __future__ import annotations
 
@@ -105,6 +106,35 @@ def worst_per_model(errors: dict[str, dict[str, float]]) -> dict[str, dict[str, 
             m = worst.setdefault(key.split("/")[0], {})
             m[which] = max(m.get(which, 0.0), abs(e) * 100)
     return worst
+
+
+def plot_calibration(rows: list[dict], calibration: dict, path: Path) -> None:
+    """Measured vs calibrated latency, one panel per backend, +-15% band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    backends = list(calibration)
+    fig, axes = plt.subplots(1, len(backends), figsize=(5.5 * len(backends), 5), squeeze=False)
+    models = sorted({r["model"] for r in rows})
+    for ax, b in zip(axes[0], backends):
+        c = calibration[b]
+        for m in models:
+            pts = [(r[f"{b}_ms"], r[f"{b}_ms"] * (1 + c["in_sample"][f"{m}/{r['variant']}"]))
+                   for r in rows if r["model"] == m]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, label=m)
+        lo = min(r[f"{b}_ms"] for r in rows) * 0.7
+        hi = max(r[f"{b}_ms"] for r in rows) * 1.4
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+        for f in (0.85, 1.15):
+            ax.plot([lo, hi], [lo * f, hi * f], "k:", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="measured latency (ms)",
+               ylabel="calibrated model (ms)",
+               title=f"{b}: channel block {c['channel_block']}, "
+                     f"{c['mape_in_sample']:.1f}% mean error (dotted: +-15%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def from_speed(path: Path, models: list[str], backends: list[str]) -> list[tuple]:
@@ -250,6 +280,9 @@ def main() -> None:
                   f"{m} {w['in_sample']:.1f}/{w['leave_one_model_out']:.1f}%"
                   for m, w in c["worst_per_model_pct"].items())
               + f"; {ok}/{len(c['worst_per_model_pct'])} models within 15% in sample")
+    png = RESULTS / "energy-calibration.png"
+    plot_calibration(rows, out["calibration"], png)
+    print(f"plot of measured vs calibrated latency: {png}")
     write_json("energy.json", out)
 
 
