@@ -6,7 +6,8 @@ eager and onnxruntime, batch 1, median of repeated samples). This machine has no
 meter (no RAPL under /sys/class/powercap), so energy stays modelled; the latency part of
 the model is calibrated against the measured latencies (non-negative least squares over
 MACs by kind, bytes moved and node count; each MAC kind split into layers whose channel
-counts fill a channel block and the rest, the block chosen among 1/4/8/16 by the fit), and
+counts fill a channel block and the rest, plus a cost per unaligned layer, the block
+chosen among 1/4/8/16 by the fit), and
 its error is reported both in-sample and leave-one-model-out (fitted without the model it
 predicts). The fit without the alignment split is reported beside it. A second latency model replaces
 the MACs by the layer table: every conv / linear layer of the variant timed alone on the
@@ -46,7 +47,7 @@ from prunepass.hardware import load_profile, save_profile  # noqa: E402
 from prunepass.backends.measure.layer_latency import LayerLatency  # noqa: E402
 from prunepass.hardware.calibrate import (CHANNEL_BLOCKS, Run, calibrate,  # noqa: E402
                                           fit_aligned_latency, fit_latency,
-                                          fit_layer_latency, latency_of)
+                                          fit_layer_latency, unaligned_layers)
 from prunepass.passes.analysis.channel_latency import layer_spec  # noqa: E402
 from prunepass.hardware.calibrate import features  # noqa: E402
 from prunepass.passes.analysis.cost import compute_cost  # noqa: E402
@@ -74,14 +75,16 @@ def layer_table_fit(runs: list[Run]) -> dict:
 
 def predict(model: dict, row: dict) -> float:
     """A calibrated latency model's prediction (s) for a benchmark row."""
-    macs = row["macs_by_block"][str(model.get("channel_block", 1))]
-    return (sum(latency_of(model, k, m, 0.0, False) for k, m in macs.items())
-            + model["s_per_byte"] * row["bytes"] + model["s_per_node"] * row["nodes"])
+    block = str(model.get("channel_block", 1))
+    return (sum(model["s_per_mac"][k] * m for k, m in row["macs_by_block"][block].items())
+            + model["s_per_byte"] * row["bytes"] + model["s_per_node"] * row["nodes"]
+            + model["s_per_unaligned_layer"] * row["unaligned_by_block"][block])
 
 
 def runs_for(rows: list[dict], backend: str, block: int) -> list[Run]:
     return [Run(f"{r['model']}/{r['variant']}", r["macs_by_block"][str(block)], r["bytes"],
-                r["nodes"], r[f"{backend}_ms"] / 1e3) for r in rows]
+                r["nodes"], r[f"{backend}_ms"] / 1e3,
+                unaligned_layers=r["unaligned_by_block"][str(block)]) for r in rows]
 
 
 def leave_one_model_out(rows: list[dict], backend: str, aligned: bool) -> dict[str, float]:
@@ -190,6 +193,8 @@ def main() -> None:
         row = {"model": name, "variant": variant, "macs": sum(macs.values()),
                "macs_by_kind": macs, "bytes": moved, "nodes": nodes,
                "macs_by_block": {str(b): features(g, cost, b)[0] for b in CHANNEL_BLOCKS},
+               "unaligned_by_block": {str(b): unaligned_layers(g, cost, b)
+                                      for b in CHANNEL_BLOCKS},
                "energy_mj_modelled": e["total"] / 1e9,
                "compute_mj": e["compute"] / 1e9, "memory_mj": e["memory"] / 1e9,
                "static_mj": e["static"] / 1e9, "latency_roofline_ms": e["latency_s"] * 1e3}

@@ -12,7 +12,7 @@ import prunepass
 from prunepass.backends.measure.energy import RaplMeter, measure_energy, MeterUnavailable
 from prunepass.frontends.torch import TorchModel
 from prunepass.hardware import ProfileError, available_profiles, load_profile
-from prunepass.hardware.calibrate import Run, calibrate, features
+from prunepass.hardware.calibrate import Run, calibrate, features, unaligned_layers
 from prunepass.passes.analysis.cost import compute_cost
 from prunepass.passes.analysis.energy import PJ_PER_J, compute_energy
 
@@ -136,12 +136,12 @@ def _widths_net(c1: int, c2: int) -> nn.Module:
 
 
 def test_calibration_finds_the_channel_block_and_its_unaligned_cost():
-    """Layers whose channels are not multiples of 8 run 3x slower per MAC: the aligned fit
-    picks block 8 among 1/4/8/16 and recovers both costs, and the energy analysis then
-    predicts a held-out width exactly."""
+    """Layers whose channels are not multiples of 8 run 3x slower per MAC and cost a fixed
+    time each: the aligned fit picks block 8 among 1/4/8/16 and recovers every cost, and
+    the energy analysis then predicts a held-out width exactly."""
     truth = {"conv": 2e-11, "grouped_conv": 8e-11, "gemm": 1e-11}
     truth.update({f"{k}_unaligned": 3 * v for k, v in list(truth.items())})
-    s_byte, s_node = 1e-10, 2e-5
+    s_byte, s_node, s_unaligned = 1e-10, 2e-5, 5e-5
 
     def graph(c1: int, c2: int, size: int):  # noqa: ANN202
         g = TorchModel.from_module(_widths_net(c1, c2), (torch.randn(1, 3, size, size),)).graph
@@ -149,19 +149,22 @@ def test_calibration_finds_the_channel_block_and_its_unaligned_cost():
 
     def true_latency(g, cost) -> float:  # noqa: ANN001
         macs, moved, nodes = features(g, cost, 8)
-        return sum(truth[k] * m for k, m in macs.items()) + s_byte * moved + s_node * nodes
+        return (sum(truth[k] * m for k, m in macs.items()) + s_byte * moved + s_node * nodes
+                + s_unaligned * unaligned_layers(g, cost, 8))
 
     widths = [(8, 16), (12, 16), (16, 20), (20, 24), (24, 32), (28, 36), (32, 40), (36, 44),
               (40, 48), (44, 52), (48, 60), (52, 64)]
     # image sizes vary too, so no cost column is a combination of the others
     graphs = [graph(*w, 6 + 2 * (i % 3)) for i, w in enumerate(widths)]
-    aligned = {b: [Run(str(w), *features(g, c, b), true_latency(g, c))
+    aligned = {b: [Run(str(w), *features(g, c, b), true_latency(g, c),
+                       unaligned_layers=unaligned_layers(g, c, b))
                    for w, (g, c) in zip(widths, graphs)] for b in (1, 4, 8, 16)}
     cal = calibrate(load_profile("x86-epyc"), aligned[1], "synthetic", aligned=aligned)
     lm = cal.profile.extra["latency_model"]
     assert lm["channel_block"] == 8
     for k, v in truth.items():
         assert lm["s_per_mac"][k] == pytest.approx(v, rel=1e-3)
+    assert lm["s_per_unaligned_layer"] == pytest.approx(s_unaligned, rel=1e-3)
     assert cal.mean_abs_pct_error("latency") < 1e-3
     plain = calibrate(load_profile("x86-epyc"), aligned[1], "synthetic")
     assert plain.mean_abs_pct_error("latency") > 1.0  # one cost per kind cannot fit this

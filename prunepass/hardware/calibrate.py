@@ -5,8 +5,9 @@ Latency:  t = sum_k s_per_mac[k] * MACs_k + s_per_byte * bytes moved + s_per_nod
           different speeds per MAC on CPUs. With a channel block B, each kind is split into
           layers whose channel counts are multiples of B and the rest ("_unaligned"): CPU
           kernels work on blocks of channels, and onnxruntime runs a convolution with
-          unaligned channels in another layout, converting its neighbours' tensors.
-          fit_aligned_latency tries several B and keeps the one that fits best.)
+          unaligned channels in another layout, converting its neighbours' tensors, so
+          each unaligned layer also costs s_per_unaligned_layer. fit_aligned_latency tries
+          several B and keeps the one that fits best.)
 Energy:   E = j_per_mac * MACs + j_per_byte * bytes moved + static_w * t_measured
 
 The features come from the IR (cost analysis) of each measured model variant, so dense and
@@ -61,6 +62,7 @@ class Run:
     latency_s: float  # measured
     energy_j: float | None = None  # measured, where a meter exists
     layer_s: float | None = None  # its conv/linear layers timed alone, summed (LayerLatency)
+    unaligned_layers: int = 0  # layers of an unaligned MAC kind (unaligned_layers())
 
     def mac_vector(self) -> list[float]:
         if isinstance(self.macs, dict):
@@ -83,6 +85,13 @@ def features(graph, cost, block: int = 1) -> tuple[dict[str, float], float, int]
     moved = float(sum(c.read_bytes + c.act_bytes for c in cost.nodes))
     nodes = sum(1 for n in graph.nodes if n.op not in VIEW_OPS)
     return macs, moved, nodes
+
+
+def unaligned_layers(graph, cost, block: int) -> int:  # noqa: ANN001
+    """How many MAC layers mac_kind(node, block) calls unaligned."""
+    by_name = {n.name: n for n in graph.nodes}
+    return sum(1 for c in cost.nodes
+               if c.macs and mac_kind(by_name[c.node], block).endswith("_unaligned"))
 
 
 @dataclass
@@ -111,7 +120,8 @@ def fit_latency(runs: list[Run], block: int = 1) -> tuple[dict, list[FitRow]]:
     """Coefficients minimising the squared *relative* errors: each run's row is divided by
     its measured latency, so a 2 ms model counts as much as a 200 ms one. ``block``: the
     channel block the runs' MACs were split by (features(..., block)), kept in the model."""
-    a = np.array([[*r.mac_vector(), r.bytes, r.nodes] for r in runs], dtype=float)
+    a = np.array([[*r.mac_vector(), r.bytes, r.nodes, r.unaligned_layers] for r in runs],
+                 dtype=float)
     y = np.array([r.latency_s for r in runs])
     if (y <= 0).any():
         raise ProfileError("calibration needs positive measured latencies")
@@ -129,7 +139,8 @@ def fit_latency(runs: list[Run], block: int = 1) -> tuple[dict, list[FitRow]]:
         if not used[f"{kind}_unaligned"]:
             per_mac[f"{kind}_unaligned"] = per_mac[kind]
     model = {"s_per_mac": per_mac, "s_per_byte": float(coef[n]),
-             "s_per_node": float(coef[n + 1]), "channel_block": block}
+             "s_per_node": float(coef[n + 1]), "s_per_unaligned_layer": float(coef[n + 2]),
+             "channel_block": block}
     pred = a @ coef
     return model, [FitRow(r.name, r.latency_s, float(p)) for r, p in zip(runs, pred)]
 
@@ -164,7 +175,9 @@ def latency_of(model: dict, kind: str, macs: float, moved: float, is_compute: bo
     if isinstance(per_mac, dict):
         per_mac = per_mac.get(kind, per_mac.get(kind.removesuffix("_unaligned"),
                                                 per_mac.get("conv", 0.0)))
-    return per_mac * macs + model["s_per_byte"] * moved + \
+    unaligned = model.get("s_per_unaligned_layer", 0.0) if macs and \
+        kind.endswith("_unaligned") else 0.0
+    return per_mac * macs + model["s_per_byte"] * moved + unaligned + \
         (model["s_per_node"] if is_compute else 0.0)
 
 
