@@ -4,8 +4,10 @@ Part 1 (digits): the demo's CNN (prunepass.demo.DigitsCNN, width 32) is trained 
 scikit-learn's digits (train split minus a validation split). Then
   (a) uniform: prune-channels<ratio=r> (l2, every group loses r) for several r;
   (b) search: prunepass.search over per-group ratios with NSGA-II, objectives validation
-      accuracy (after a 1-epoch fine-tune proxy) and MACs; its Pareto set is re-applied
-      to the dense model from each member's record;
+      accuracy (after a 1-epoch fine-tune proxy) and MACs, warm-started with the uniform
+      ratios of (a) as its first trials (so the search starts from what uniform pruning
+      finds and looks for better per-group mixes); its Pareto set is re-applied to the
+      dense model from each member's record;
   (c) Torch-Pruning's uniform recipe (MagnitudeImportance p=2, same ratios), if installed;
   (d) the sensitivity-guided allocation (prunepass.search.allocate) at MACs budgets.
 Every final model gets the same fine-tuning (same epochs, lr, seed) and is scored on the
@@ -148,7 +150,7 @@ def part_digits(args: argparse.Namespace) -> dict:
                     population_size=args.population, max_ratio=args.max_ratio,
                     ratio_step=0.05,
                     finetune=proxy, finetune_epochs=1, seed=args.seed,
-                    seed_ratios=(0.2, 0.4, 0.6), storage=args.storage,
+                    seed_ratios=RATIOS, storage=args.storage,
                     study_name=f"digits-{args.trials}-{args.seed}", progress=not args.quiet)
     t_search = time.perf_counter() - t0
     print(f"search: {args.trials} trials in {t_search:.0f} s, Pareto set "
