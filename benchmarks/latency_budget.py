@@ -4,12 +4,16 @@ For each model and relative budget B (e.g. 0.5x: half the dense latency), prune 
   prune-channels<target-latency-ms=Bx,latency-source=SRC,hw-threads=T>,dce
 where SRC is "ort" (every conv / linear layer timed alone in onnxruntime on this machine,
 the profile's model for the other nodes), "ort+hw" (the same, with hw-round=ort: every
-group's count on its measured latency staircase while the budget is searched) or "profile"
-(the x86-epyc roofline model, for comparison), then time the dense and pruned ONNX exports in alternating rounds (T threads)
-and report the achieved latency ratio pruned / dense (median over rounds, IQR).
+group's count on its measured latency staircase while the budget is searched), "profile"
+(the x86-epyc roofline model, for comparison) or "calibrated" / "calibrated+hw" (the
+profile fitted by benchmarks/energy.py to this machine's onnxruntime latencies, with its
+cost for unaligned channel counts; --calibrated), then time the dense and pruned ONNX
+exports in alternating rounds (T threads) and report the achieved latency ratio
+pruned / dense (median over rounds, IQR).
 
     python benchmarks/latency_budget.py [--models resnet18,...] [--budgets 0.5,0.7]
-Writes benchmarks/results/latency_budget.json.
+        [--sources ort+hw,ort,profile,calibrated,calibrated+hw] [--out latency_budget.json]
+Writes benchmarks/results/latency_budget.json (or --out).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import randomize, write_json  # noqa: E402
+from common import RESULTS, randomize, write_json  # noqa: E402
 
 import prunepass  # noqa: E402
 from prunepass.backends.measure.alternate import Spread, alternate  # noqa: E402
@@ -37,6 +41,9 @@ def main() -> None:
     ap.add_argument("--sources", default="ort+hw,ort,profile")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--calibrated", default=str(RESULTS / "x86-epyc-calibrated-ort.yaml"),
+                    help="the profile the calibrated sources use")
+    ap.add_argument("--out", default="latency_budget.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -51,10 +58,18 @@ def main() -> None:
                 for b in (float(v) for v in args.budgets.split(",")):
                     key = f"{src}@{b}x"
                     hw = ",hw-round=ort" if src.endswith("+hw") else ""
-                    pipeline = (f"prune-channels<target-latency-ms={b}x,"
-                                f"latency-source={src.removesuffix('+hw')}{hw},"
+                    base = src.removesuffix("+hw")
+                    source = ("latency-source=profile,profile=" + args.calibrated
+                              if base == "calibrated" else f"latency-source={base}")
+                    pipeline = (f"prune-channels<target-latency-ms={b}x,{source}{hw},"
                                 f"hw-threads={args.threads}>,dce")
-                    res = prunepass.prune(model, (x,), pipeline)
+                    try:
+                        res = prunepass.prune(model, (x,), pipeline)
+                    except prunepass.PlanError as e:  # an infeasible budget: say so, go on
+                        rows.append({"model": name, "source": src, "requested": b,
+                                     "pipeline": pipeline, "infeasible": str(e)})
+                        print(f"{name:16} {src:13} requested {b:.2f}x  infeasible: {e}")
+                        continue
                     budget = res.record.passes[0]["changes"]["budget"]
                     predicted[key] = (b, budget["achieved"] / budget["dense"],
                                       res.record.cost_after["macs"] / res.record.cost_before["macs"])
@@ -70,11 +85,11 @@ def main() -> None:
                    "dense_ms": Spread.of(rounds["dense"]).to_dict(),
                    "pruned_ms": Spread.of(rounds[key]).to_dict()}
             rows.append(row)
-            print(f"{name:16} {row['source']:8} requested {b:.2f}x  predicted {pred:.3f}x  "
+            print(f"{name:16} {row['source']:13} requested {b:.2f}x  predicted {pred:.3f}x  "
                   f"achieved {ratio.median:.3f}x [IQR {ratio.iqr:.3f}]  (dense "
                   f"{row['dense_ms']['median']:.2f} ms, MACs {macs:.2f}x; measured, ort "
                   f"{args.threads} threads)", flush=True)
-    path = write_json("latency_budget.json", {"threads": args.threads, "rows": rows})
+    path = write_json(args.out, {"threads": args.threads, "rows": rows})
     print(f"results: {path}")
 
 
