@@ -87,7 +87,13 @@ def measured_latency(profile: Any, backend: str, threads: int) -> Callable[[Grap
 def search_ratio(graph: Graph, cg, choose: Callable[[float], np.ndarray],  # noqa: ANN001
                  metric: Callable[[Graph], float], target: float, relative: bool,
                  max_ratio: float, what: str, steps: int = 16) -> tuple[np.ndarray, dict[str, Any]]:
-    """The smallest ratio whose plan meets ``target``; returns (removed mask, summary)."""
+    """The smallest ratio whose plan meets ``target``; returns (removed mask, summary).
+
+    A coarse scan first finds the first of ``grid`` evenly spaced ratios that meets the
+    target, then bisection narrows the step before it. Bisection alone assumes the metric
+    falls as the ratio grows; a metric that knows channel alignment (measured layers, a
+    calibrated profile) is not monotone, and bisection over the whole range can land far
+    below the least pruning that meets the target."""
     dense = metric(graph)
     goal = target * dense if relative else target
 
@@ -96,13 +102,19 @@ def search_ratio(graph: Graph, cg, choose: Callable[[float], np.ndarray],  # noq
         with planned_shapes(graph, cg.keep_for(removed)):
             return removed, metric(graph)
 
-    best, best_val = evaluate(max_ratio)
-    if best_val > goal:
+    grid = 8
+    lo = 0.0
+    for k in range(1, grid + 1):
+        hi = max_ratio * k / grid
+        best, best_val = evaluate(hi)
+        if best_val <= goal:
+            break
+        lo = hi
+    else:
         raise PlanError(f"{what} budget {goal:.4g} cannot be met: pruning every group by "
                         f"max-ratio={max_ratio} reaches {best_val:.4g} (dense {dense:.4g}); "
                         "channels behind barriers, inputs and outputs are kept")
-    lo, hi = 0.0, max_ratio
-    for _ in range(steps):
+    for _ in range(max(steps - 3, 1)):  # the bracket is 1/8 of the range: 3 halvings done
         mid = (lo + hi) / 2
         removed, val = evaluate(mid)
         if val <= goal:
