@@ -2,8 +2,9 @@
 
 A plan's cost is evaluated without touching the model: the IR's value shapes are set to
 what the plan keeps, the cost (and energy) analyses run on that, and the shapes are put
-back. Bisection over the global ratio then finds the least pruning that meets the target;
-with global scope the ratio is spread unevenly over groups by (normalised) importance."""
+back. A coarse scan and then bisection over the global ratio find the least pruning that
+meets the target; with global scope the ratio is spread unevenly over groups by
+(normalised) importance."""
 from __future__ import annotations
 
 from contextlib import contextmanager
