@@ -223,6 +223,52 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Time dense and uniformly pruned variants of the models here, fit the profile's latency
+    model to them (see prunepass.hardware.calibrate) and write the fitted profile."""
+    import prunepass
+    from prunepass.backends.measure.alternate import Spread, alternate
+    from prunepass.backends.measure.measure import runner
+    from prunepass.hardware import load_profile, save_profile
+    from prunepass.hardware.calibrate import CHANNEL_BLOCKS, MAC_KINDS, Run, calibrate, \
+        features, unaligned_layers
+    from prunepass.passes.analysis.cost import compute_cost
+    pipelines = {"dense": "dce"} | {f"ratio {r}": f"prune-channels<ratio={r}>,dce"
+                                    for r in args.ratios.split(",")}
+    aligned: dict[int, list[Run]] = {b: [] for b in CHANNEL_BLOCKS}
+    for spec in args.models:
+        model, inputs = _load(argparse.Namespace(model=spec, input_shape=args.input_shape))
+        results = {v: prunepass.prune(model, inputs, p, progress=False)
+                   for v, p in pipelines.items()}
+        runners = {v: runner(args.backend, r.model, inputs, threads=args.threads or None)
+                   for v, r in results.items()}
+        rounds = alternate(runners, rounds=args.rounds, repeats=args.repeats, number=1)
+        for v, res in results.items():
+            g = res.adapter.graph
+            cost = compute_cost(g)
+            seconds = Spread.of(rounds[v]).median / 1e3
+            for b in CHANNEL_BLOCKS:
+                macs, moved, nodes = features(g, cost, b)
+                aligned[b].append(Run(f"{spec} {v}", macs, moved, nodes, seconds,
+                                      unaligned_layers=unaligned_layers(g, cost, b)))
+    device = f"{args.backend}, {args.threads or 'default'} threads, this machine"
+    cal = calibrate(load_profile(args.profile), aligned[1], device, aligned=aligned)
+    save_profile(cal.profile, args.output)
+    block = cal.profile.extra["latency_model"]["channel_block"]
+    print(f"{'variant':40} {'measured ms':>12} {'model ms':>9} {'error':>7}")
+    for row in cal.latency:
+        print(f"{row.name:40} {row.measured * 1e3:>12.3f} {row.predicted * 1e3:>9.3f} "
+              f"{row.rel_error * 100:>+6.1f}%")
+    print(f"latency measured on {args.backend}; fitted with channel block {block}, mean abs "
+          f"error {cal.mean_abs_pct_error():.1f}%; profile written to {args.output} "
+          "(use it with --profile or prune-channels<profile=...>)")
+    coefficients = len(MAC_KINDS) + 3
+    if len(cal.latency) < 2 * coefficients:
+        print(f"note: {len(cal.latency)} runs for {coefficients} coefficients: a small error "
+              "here says little about other models; give more models or ratios")
+    return 0
+
+
 def cmd_profiles(args: argparse.Namespace) -> int:
     from prunepass.hardware import available_profiles, load_profile
     for name in available_profiles():
@@ -333,6 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="intra-op threads for torch and onnxruntime (0: their default)")
     s.add_argument("--trials", type=int, default=0, help="tvm: MetaSchedule trials")
     s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("calibrate", help="time dense and pruned variants of models here and "
+                       "fit a hardware profile's latency model to them")
+    s.add_argument("models", nargs="+", help="torchvision:NAME, package.module:factory or a "
+                   ".onnx file, each")
+    s.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
+    s.add_argument("--backend", default="ort", choices=("ort", "torch"))
+    s.add_argument("--ratios", default="0.3,0.5", help="uniform pruning ratios timed beside "
+                   "the dense model")
+    s.add_argument("--profile", default="x86-epyc", help="the profile to start from")
+    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--rounds", type=int, default=5)
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("-o", "--output", required=True, help="the fitted profile (.yaml)")
+    s.set_defaults(fn=cmd_calibrate)
 
     s = sub.add_parser("profiles", help="list the shipped hardware profiles")
     s.set_defaults(fn=cmd_profiles)

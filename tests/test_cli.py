@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import prunepass
 from prunepass.cli import main
 
 
@@ -63,3 +64,32 @@ def test_bench_alternates_dense_and_pruned_on_each_backend(capsys):
         assert dense > 0 and pruned > 0
         ratio = float(rows[backend, "speedup"][0].rstrip("x"))
         assert ratio == pytest.approx(dense / pruned, rel=0.5)  # median of per-round ratios
+
+
+def test_calibrate_fits_a_profile_that_predicts_what_it_printed(tmp_path, capsys):
+    from prunepass.hardware import load_profile
+    from prunepass.passes.analysis.cost import compute_cost
+    from prunepass.passes.analysis.energy import compute_energy
+    out = tmp_path / "fit.yaml"
+    argv = ["calibrate", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--backend",
+            "ort", "--ratios", "0.3,0.5", "--threads", "1", "--rounds", "2", "--repeats", "2",
+            "-o", str(out)]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {" ".join(line.split()[:-3]): [float(v.rstrip("%")) for v in line.split()[-3:]]
+            for line in lines[1:4]}
+    assert list(rows) == ["torchvision:resnet18 dense", "torchvision:resnet18 ratio 0.3",
+                          "torchvision:resnet18 ratio 0.5"]
+    assert all(m > 0 for m, _, _ in rows.values())
+    assert "3 runs for 9 coefficients" in lines[-1]
+    fitted = load_profile(out)
+    assert "calibrated on ort, 1 threads" in fitted.provenance
+    assert fitted.extra["latency_model"]["channel_block"] in (1, 4, 8, 16)
+    # the energy analysis, given the fitted profile, predicts what the fit printed
+    from prunepass.zoo import load_model
+    model, inputs = load_model("torchvision:resnet18", "1,3,32,32")
+    for variant, pipeline in (("dense", "dce"), ("ratio 0.5", "prune-channels<ratio=0.5>,dce")):
+        g = prunepass.prune(model, inputs, pipeline, progress=False).adapter.graph
+        predicted_ms = compute_energy(g, compute_cost(g), fitted).totals["latency_s"] * 1e3
+        assert predicted_ms == pytest.approx(rows[f"torchvision:resnet18 {variant}"][1],
+                                             abs=6e-4)
