@@ -230,8 +230,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from prunepass.backends.measure.alternate import Spread, alternate
     from prunepass.backends.measure.measure import runner
     from prunepass.hardware import load_profile, save_profile
-    from prunepass.hardware.calibrate import CHANNEL_BLOCKS, MAC_KINDS, Run, calibrate, \
-        features, unaligned_layers
+    from prunepass.hardware.calibrate import CHANNEL_BLOCKS, LATENCY_TERMS, MAC_KINDS, Run, \
+        calibrate, measured_run
     from prunepass.passes.analysis.cost import compute_cost
     pipelines = {"dense": "dce"} | {f"ratio {r}": f"prune-channels<ratio={r}>,dce"
                                     for r in args.ratios.split(",")}
@@ -248,9 +248,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             cost = compute_cost(g)
             seconds = Spread.of(rounds[v]).median / 1e3
             for b in CHANNEL_BLOCKS:
-                macs, moved, nodes = features(g, cost, b)
-                aligned[b].append(Run(f"{spec} {v}", macs, moved, nodes, seconds,
-                                      unaligned_layers=unaligned_layers(g, cost, b)))
+                aligned[b].append(measured_run(f"{spec} {v}", g, cost, seconds, b))
     device = f"{args.backend}, {args.threads or 'default'} threads, this machine"
     cal = calibrate(load_profile(args.profile), aligned[1], device, aligned=aligned)
     save_profile(cal.profile, args.output)
@@ -262,7 +260,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"latency measured on {args.backend}; fitted with channel block {block}, mean abs "
           f"error {cal.mean_abs_pct_error():.1f}%; profile written to {args.output} "
           "(use it with --profile or prune-channels<profile=...>)")
-    coefficients = len(MAC_KINDS) + 3
+    coefficients = len(MAC_KINDS) + len(LATENCY_TERMS)
     if len(cal.latency) < 2 * coefficients:
         print(f"note: {len(cal.latency)} runs for {coefficients} coefficients: a small error "
               "here says little about other models; give more models or ratios")

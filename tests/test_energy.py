@@ -12,7 +12,8 @@ import prunepass
 from prunepass.backends.measure.energy import RaplMeter, measure_energy, MeterUnavailable
 from prunepass.frontends.torch import TorchModel
 from prunepass.hardware import ProfileError, available_profiles, load_profile
-from prunepass.hardware.calibrate import Run, calibrate, features, unaligned_layers
+from prunepass.hardware.calibrate import Run, calibrate, features, measured_run, \
+    unaligned_layers
 from prunepass.passes.analysis.cost import compute_cost
 from prunepass.passes.analysis.energy import PJ_PER_J, compute_energy
 
@@ -156,8 +157,7 @@ def test_calibration_finds_the_channel_block_and_its_unaligned_cost():
               (40, 48), (44, 52), (48, 60), (52, 64)]
     # image sizes vary too, so no cost column is a combination of the others
     graphs = [graph(*w, 6 + 2 * (i % 3)) for i, w in enumerate(widths)]
-    aligned = {b: [Run(str(w), *features(g, c, b), true_latency(g, c),
-                       unaligned_layers=unaligned_layers(g, c, b))
+    aligned = {b: [measured_run(str(w), g, c, true_latency(g, c), b)
                    for w, (g, c) in zip(widths, graphs)] for b in (1, 4, 8, 16)}
     cal = calibrate(load_profile("x86-epyc"), aligned[1], "synthetic", aligned=aligned)
     lm = cal.profile.extra["latency_model"]

@@ -115,7 +115,8 @@ def search_ratio(graph: Graph, cg, choose: Callable[[float], np.ndarray],  # noq
         raise PlanError(f"{what} budget {goal:.4g} cannot be met: pruning every group by "
                         f"max-ratio={max_ratio} reaches {best_val:.4g} (dense {dense:.4g}); "
                         "channels behind barriers, inputs and outputs are kept")
-    for _ in range(max(steps - 3, 1)):  # the bracket is 1/8 of the range: 3 halvings done
+    # the bracket is 1/grid of the range: log2(grid) of the ``steps`` halvings are done
+    for _ in range(max(steps - (grid.bit_length() - 1), 1)):
         mid = (lo + hi) / 2
         removed, val = evaluate(mid)
         if val <= goal:

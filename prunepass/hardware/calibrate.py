@@ -34,6 +34,7 @@ VIEW_OPS = {ops.RESHAPE, ops.PERMUTE, ops.EXPAND, ops.SELECT, ops.SLICE, ops.FIL
 BASE_KINDS = ("conv", "grouped_conv", "gemm")
 MAC_KINDS = BASE_KINDS + tuple(f"{k}_unaligned" for k in BASE_KINDS)
 CHANNEL_BLOCKS = (1, 4, 8, 16)  # tried by fit_aligned_latency; 1: no alignment split
+LATENCY_TERMS = ("s_per_byte", "s_per_node", "s_per_unaligned_layer")  # besides s_per_mac
 
 
 def mac_kind(node, block: int = 1) -> str:  # noqa: ANN001
@@ -74,24 +75,42 @@ class Run:
         return sum(self.mac_vector())
 
 
+def _macs_by_kind(graph, cost, block: int) -> tuple[dict[str, float], int]:  # noqa: ANN001
+    """(MACs by mac_kind(node, block), how many MAC layers are of an unaligned kind)."""
+    by_name = {n.name: n for n in graph.nodes}
+    macs = {k: 0.0 for k in (MAC_KINDS if block > 1 else BASE_KINDS)}
+    unaligned = 0
+    for c in cost.nodes:
+        if c.macs:
+            kind = mac_kind(by_name[c.node], block)
+            macs[kind] += c.macs
+            unaligned += kind.endswith("_unaligned")
+    return macs, unaligned
+
+
 def features(graph, cost, block: int = 1) -> tuple[dict[str, float], float, int]:  # noqa: ANN001
     """(MACs by kind, bytes read+written, compute nodes) of a graph from its cost; MACs
     split by channel alignment when ``block`` > 1 (see mac_kind)."""
-    by_name = {n.name: n for n in graph.nodes}
-    macs = {k: 0.0 for k in (MAC_KINDS if block > 1 else BASE_KINDS)}
-    for c in cost.nodes:
-        if c.macs:
-            macs[mac_kind(by_name[c.node], block)] += c.macs
-    moved = float(sum(c.read_bytes + c.act_bytes for c in cost.nodes))
-    nodes = sum(1 for n in graph.nodes if n.op not in VIEW_OPS)
-    return macs, moved, nodes
+    return (_macs_by_kind(graph, cost, block)[0], *_moved_and_nodes(graph, cost))
+
+
+def _moved_and_nodes(graph, cost) -> tuple[float, int]:  # noqa: ANN001
+    """(bytes read+written, compute nodes)."""
+    return (float(sum(c.read_bytes + c.act_bytes for c in cost.nodes)),
+            sum(1 for n in graph.nodes if n.op not in VIEW_OPS))
 
 
 def unaligned_layers(graph, cost, block: int) -> int:  # noqa: ANN001
     """How many MAC layers mac_kind(node, block) calls unaligned."""
-    by_name = {n.name: n for n in graph.nodes}
-    return sum(1 for c in cost.nodes
-               if c.macs and mac_kind(by_name[c.node], block).endswith("_unaligned"))
+    return _macs_by_kind(graph, cost, block)[1]
+
+
+def measured_run(name: str, graph, cost, latency_s: float,  # noqa: ANN001
+                 block: int = 1) -> Run:
+    """A Run of a measured graph, its MACs split by ``block``."""
+    macs, unaligned = _macs_by_kind(graph, cost, block)
+    return Run(name, macs, *_moved_and_nodes(graph, cost), latency_s,
+               unaligned_layers=unaligned)
 
 
 @dataclass
@@ -112,14 +131,18 @@ class Calibration:
     energy: list[FitRow]
 
     def mean_abs_pct_error(self, which: str = "latency") -> float:
-        rows = self.latency if which == "latency" else self.energy
-        return float(np.mean([abs(r.rel_error) for r in rows]) * 100) if rows else float("nan")
+        return mean_abs_pct_error(self.latency if which == "latency" else self.energy)
+
+
+def mean_abs_pct_error(rows: list[FitRow]) -> float:
+    return float(np.mean([abs(r.rel_error) for r in rows]) * 100) if rows else float("nan")
 
 
 def fit_latency(runs: list[Run], block: int = 1) -> tuple[dict, list[FitRow]]:
     """Coefficients minimising the squared *relative* errors: each run's row is divided by
     its measured latency, so a 2 ms model counts as much as a 200 ms one. ``block``: the
     channel block the runs' MACs were split by (features(..., block)), kept in the model."""
+    # columns: MAC_KINDS, then LATENCY_TERMS
     a = np.array([[*r.mac_vector(), r.bytes, r.nodes, r.unaligned_layers] for r in runs],
                  dtype=float)
     y = np.array([r.latency_s for r in runs])
@@ -138,8 +161,7 @@ def fit_latency(runs: list[Run], block: int = 1) -> tuple[dict, list[FitRow]]:
     for kind in BASE_KINDS:
         if not used[f"{kind}_unaligned"]:
             per_mac[f"{kind}_unaligned"] = per_mac[kind]
-    model = {"s_per_mac": per_mac, "s_per_byte": float(coef[n]),
-             "s_per_node": float(coef[n + 1]), "s_per_unaligned_layer": float(coef[n + 2]),
+    model = {"s_per_mac": per_mac, **{t: float(c) for t, c in zip(LATENCY_TERMS, coef[n:])},
              "channel_block": block}
     pred = a @ coef
     return model, [FitRow(r.name, r.latency_s, float(p)) for r, p in zip(runs, pred)]
@@ -149,7 +171,7 @@ def fit_aligned_latency(runs_by_block: dict[int, list[Run]]) -> tuple[dict, list
     """fit_latency for each channel block (the same runs, MACs split by that block) and
     the fit with the smallest mean relative error: the block is calibrated too."""
     fits = [fit_latency(runs, block) for block, runs in sorted(runs_by_block.items())]
-    return min(fits, key=lambda f: float(np.mean([abs(r.rel_error) for r in f[1]])))
+    return min(fits, key=lambda f: mean_abs_pct_error(f[1]))
 
 
 def fit_layer_latency(runs: list[Run]) -> tuple[dict[str, float], list[FitRow]]:
