@@ -25,7 +25,6 @@ vs calibrated latency per variant).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import sys
@@ -47,30 +46,13 @@ from prunepass.hardware import load_profile, save_profile  # noqa: E402
 from prunepass.backends.measure.layer_latency import LayerLatency  # noqa: E402
 from prunepass.hardware.calibrate import (CHANNEL_BLOCKS, Run, calibrate,  # noqa: E402
                                           fit_aligned_latency, fit_latency,
-                                          fit_layer_latency, unaligned_layers)
+                                          features, fit_layer_latency,
+                                          unaligned_layers)
 from prunepass.passes.analysis.channel_latency import layer_spec  # noqa: E402
-from prunepass.hardware.calibrate import features  # noqa: E402
 from prunepass.passes.analysis.cost import compute_cost  # noqa: E402
 
 SPEED_SET = ["resnet18", "resnet50", "mobilenet_v2", "vgg16_bn", "densenet121",
              "efficientnet_b0", "convnext_tiny", "vit_b_16"]
-
-
-def layer_table_fit(runs: list[Run]) -> dict:
-    """fit_layer_latency in sample and leave one model out, with the worst error per model."""
-    model, fit = fit_layer_latency(runs)
-    errors = {"in_sample": {r.name: r.rel_error for r in fit}, "leave_one_model_out": {}}
-    for name in {r.name.split("/")[0] for r in runs}:
-        coef, _ = fit_layer_latency([r for r in runs if r.name.split("/")[0] != name])
-        for r in runs:
-            if r.name.split("/")[0] == name:
-                pred = (coef["per_layer"] * r.layer_s + coef["s_per_byte"] * r.bytes
-                        + coef["s_per_node"] * r.nodes)
-                errors["leave_one_model_out"][r.name] = (pred - r.latency_s) / r.latency_s
-    return {"model": model, **errors, "worst_per_model_pct": worst_per_model(errors),
-            "mape_in_sample": float(np.mean([abs(v) for v in errors["in_sample"].values()]) * 100),
-            "mape_loo": float(np.mean([abs(v) for v in
-                                       errors["leave_one_model_out"].values()]) * 100)}
 
 
 def predict(model: dict, row: dict) -> float:
@@ -82,23 +64,32 @@ def predict(model: dict, row: dict) -> float:
 
 
 def runs_for(rows: list[dict], backend: str, block: int) -> list[Run]:
+    """The rows as calibration runs on ``backend``, MACs split by ``block``; each run's
+    layer_s is the layer table's sum."""
     return [Run(f"{r['model']}/{r['variant']}", r["macs_by_block"][str(block)], r["bytes"],
-                r["nodes"], r[f"{backend}_ms"] / 1e3,
+                r["nodes"], r[f"{backend}_ms"] / 1e3, layer_s=r[f"{backend}_layers_ms"] / 1e3,
                 unaligned_layers=r["unaligned_by_block"][str(block)]) for r in rows]
 
 
-def leave_one_model_out(rows: list[dict], backend: str, aligned: bool) -> dict[str, float]:
-    """Relative error of each row's prediction by a model fitted without its model."""
-    errors = {}
+def fit_report(rows: list[dict], backend: str, in_sample: list, refit, predict_s) -> dict:  # noqa: ANN001
+    """A latency fit's relative errors in sample (``in_sample``: its FitRows) and leave one
+    model out (``refit(rows)`` -> a model fitted without the model predicted by
+    ``predict_s(model, row)``), the worst error per model, and the mean errors in %."""
+    errors = {"in_sample": {r.name: r.rel_error for r in in_sample}, "leave_one_model_out": {}}
     for name in {r["model"] for r in rows}:
-        train = [r for r in rows if r["model"] != name]
-        fitted, _ = (fit_aligned_latency({b: runs_for(train, backend, b) for b in CHANNEL_BLOCKS})
-                     if aligned else fit_latency(runs_for(train, backend, 1)))
+        fitted = refit([r for r in rows if r["model"] != name])
         for r in rows:
             if r["model"] == name:
                 measured = r[f"{backend}_ms"] / 1e3
-                errors[f"{name}/{r['variant']}"] = (predict(fitted, r) - measured) / measured
-    return errors
+                errors["leave_one_model_out"][f"{name}/{r['variant']}"] = \
+                    (predict_s(fitted, r) - measured) / measured
+    return {**errors, "worst_per_model_pct": worst_per_model(errors),
+            "mape_in_sample": mape(errors["in_sample"]),
+            "mape_loo": mape(errors["leave_one_model_out"])}
+
+
+def mape(errors: dict[str, float]) -> float:
+    return float(np.mean([abs(v) for v in errors.values()]) * 100)
 
 
 def worst_per_model(errors: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -227,23 +218,19 @@ def main() -> None:
         path = RESULTS / f"{args.profile}-calibrated-{b}.yaml"
         RESULTS.mkdir(parents=True, exist_ok=True)
         save_profile(cal.profile, path)
-        loo = leave_one_model_out(rows, b, aligned=True)
         out["calibration"][b] = {
-            "profile": str(path), "channel_block": cal.profile.extra["latency_model"][
-                "channel_block"], "in_sample": {r.name: r.rel_error for r in cal.latency},
-            "leave_one_model_out": loo,
-            "mape_in_sample": cal.mean_abs_pct_error(),
-            "mape_loo": float(np.mean([abs(v) for v in loo.values()]) * 100)}
-        _, plain = fit_latency(runs)
-        plain_errors = {"in_sample": {r.name: r.rel_error for r in plain},
-                        "leave_one_model_out": leave_one_model_out(rows, b, aligned=False)}
-        out["calibration_no_alignment"][b] = {
-            **plain_errors, "worst_per_model_pct": worst_per_model(plain_errors),
-            **{f"mape_{k}": float(np.mean([abs(v) for v in plain_errors[w].values()]) * 100)
-               for k, w in (("in_sample", "in_sample"), ("loo", "leave_one_model_out"))}}
-        out["layer_table_calibration"][b] = layer_table_fit(
-            [dataclasses.replace(r, layer_s=row[f"{b}_layers_ms"] / 1e3)
-             for r, row in zip(runs, rows)])
+            "profile": str(path),
+            "channel_block": cal.profile.extra["latency_model"]["channel_block"],
+            **fit_report(rows, b, cal.latency, lambda train, b=b: fit_aligned_latency(
+                {k: runs_for(train, b, k) for k in CHANNEL_BLOCKS})[0], predict)}
+        out["calibration_no_alignment"][b] = fit_report(
+            rows, b, fit_latency(runs)[1],
+            lambda train, b=b: fit_latency(runs_for(train, b, 1))[0], predict)
+        table_model, table_fit = fit_layer_latency(runs)
+        out["layer_table_calibration"][b] = {"model": table_model, **fit_report(
+            rows, b, table_fit, lambda train, b=b: fit_layer_latency(runs_for(train, b, 1))[0],
+            lambda m, r, b=b: (m["per_layer"] * r[f"{b}_layers_ms"] / 1e3
+                               + m["s_per_byte"] * r["bytes"] + m["s_per_node"] * r["nodes"]))}
 
     print(f"\nenergy per inference, MODELLED with profile {args.profile} (no meter here: "
           f"{rows[0]['meter']})")
@@ -260,11 +247,12 @@ def main() -> None:
               f"{r['energy_mj_modelled']:>9.2f} {r['compute_mj']:>8.2f} {r['memory_mj']:>8.2f} "
               f"{r['static_mj']:>8.2f} {cells}")
     for b in backends:
-        c = out["calibration"][b]
-        c["worst_per_model_pct"] = worst_per_model(
-            {w: c[w] for w in ("in_sample", "leave_one_model_out")})
-        for label, fit in ((f"channel block {c['channel_block']}", c),
-                           ("no alignment split", out["calibration_no_alignment"][b])):
+        c, table = out["calibration"][b], out["layer_table_calibration"][b]
+        for label, fit in (
+                (f"channel block {c['channel_block']}", c),
+                ("no alignment split", out["calibration_no_alignment"][b]),
+                (f"layer table (conv/linear layers timed alone, summed, x "
+                 f"{table['model']['per_layer']:.3f}, + bytes + nodes)", table)):
             worst = fit["worst_per_model_pct"]
             ok = sum(d["in_sample"] <= 15.0 for d in worst.values())
             print(f"{b}, {label}: mean abs error {fit['mape_in_sample']:.1f}% in sample, "
@@ -275,16 +263,6 @@ def main() -> None:
                   + f"; {ok}/{len(worst)} models within 15% in sample")
         print(f"{b}: calibrated profile (channel block {c['channel_block']}) written to "
               f"{c['profile']}")
-
-    for b, c in out["layer_table_calibration"].items():
-        ok = sum(w["in_sample"] <= 15.0 for w in c["worst_per_model_pct"].values())
-        print(f"{b}, latency model on the layer table (conv/linear layers timed alone, "
-              f"summed, x {c['model']['per_layer']:.3f}, + bytes + nodes): mean abs error "
-              f"{c['mape_in_sample']:.1f}% in sample, {c['mape_loo']:.1f}% leave-one-model-out;"
-              " worst per model (in sample/LOO): " + ", ".join(
-                  f"{m} {w['in_sample']:.1f}/{w['leave_one_model_out']:.1f}%"
-                  for m, w in c["worst_per_model_pct"].items())
-              + f"; {ok}/{len(c['worst_per_model_pct'])} models within 15% in sample")
     png = RESULTS / "energy-calibration.png"
     plot_calibration(rows, out["calibration"], png)
     print(f"plot of measured vs calibrated latency: {png}")

@@ -229,21 +229,20 @@ def main() -> None:
     # (measured: onnxruntime's resnet18 at 23.8 ms instead of 9.5 ms between TVM runs)
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
     backends = args.backends.split(",")
-    kept = []
+    rows = []  # with --into, the previous rows of the models not measured now
     if args.into:
-        kept = json.loads((RESULTS / args.into).read_text())["rows"]
-        kept = [r for r in kept if r["model"] not in args.models.split(",")]
-    rows = []
+        rows = [r for r in json.loads((RESULTS / args.into).read_text())["rows"]
+                if r["model"] not in args.models.split(",")]
+    order = {m: i for i, m in enumerate(SPEED_SET)}
     from tqdm import tqdm
     for name in tqdm(args.models.split(","), desc="models", unit="model"):
         with tempfile.TemporaryDirectory(prefix="prunepass-speed-") as tmp:
-            rows.append(run_model(name, args, Path(tmp)))
+            rows = sorted(rows + [run_model(name, args, Path(tmp))],
+                          key=lambda r: order.get(r["model"], len(order)))
         write_json(args.out, {"machine": platform.machine(), "threads": args.threads,
-                              "backends": backends, "rows": kept + rows,
-                              "summary": summary(kept + rows, backends),
+                              "backends": backends, "rows": rows,
+                              "summary": summary(rows, backends),
                               "trials_per_task": args.trials_per_task})
-    order = {m: i for i, m in enumerate(SPEED_SET)}
-    rows = sorted(kept + rows, key=lambda r: order.get(r["model"], len(order)))
     print_table(rows, backends)
     for k, s in summary(rows, backends).items():
         print(f"{k:18} median efficiency {s['median_efficiency']:.2f}, min speedup "
