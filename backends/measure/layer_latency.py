@@ -61,7 +61,6 @@ class LayerSpec:
         return (rng.standard_normal(shape, dtype=np.float32),
                 rng.standard_normal(self.cout, dtype=np.float32))
 
-
     def torch_module(self) -> tuple[Any, tuple[Any, ...]]:
         """The layer with its ReLU as a torch module (for compilers that take one), and an
         input for it."""
