@@ -104,8 +104,10 @@ def test_layer_latency_is_measured_once_and_read_from_the_cache(tmp_path):
     fresh = LayerLatency("ort", threads=1, cache=cache, repeats=3, number=2)
     fresh(lin)
     assert fresh.measured == 1
-    with pytest.raises(prunepass.PrunepassError, match="tvm.*ort, torch"):
-        LayerLatency("tvm")
+    with pytest.raises(prunepass.PrunepassError, match="'cuda'.*ort, torch, tvm"):
+        LayerLatency("cuda")
+    with pytest.raises(prunepass.PrunepassError, match="trials are for the tvm backend"):
+        LayerLatency("ort", trials=4)
     with pytest.raises(ValueError, match="multiples of groups"):
         LayerSpec("conv2d", 6, 4, groups=4)
 

@@ -52,3 +52,49 @@ def test_layer_kind_is_checked():
         LayerShape("attention", 4, 8)
     layer, (x,) = LayerShape("linear", in_channels=6, size=5).module(3)
     assert layer(x).shape == (5, 3)
+
+
+def test_layers_timed_on_tvm_drive_a_latency_budget(tmp_path, monkeypatch):
+    """latency-source=tvm: every conv / linear layer compiled by TVM for this CPU and timed
+    alone (cached), the profile for the rest; the budget is met on that metric."""
+    import torch
+    from torch import nn
+
+    import prunepass
+    from prunepass.backends.measure.layer_latency import LayerLatency
+    from prunepass.hardware import load_profile
+    from prunepass.passes.transform.budget import measured_latency
+    from prunepass.testing import randomize
+    monkeypatch.setenv("PRUNEPASS_CACHE", str(tmp_path))
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)  # set by the timer, undone after
+    torch.manual_seed(0)
+    model = randomize(nn.Sequential(
+        nn.Conv2d(3, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval())
+    x = (torch.randn(1, 3, 16, 16),)
+    res = prunepass.prune(model, x, "prune-channels<target-latency-ms=0.7x,latency-source=tvm,"
+                          "hw-trials=0,hw-threads=2>,dce", check_numerics=True)
+    budget = res.record.passes[0]["changes"]["budget"]
+    assert "measured alone on tvm (0 trials per kernel)" in budget["budget"]
+    assert budget["achieved"] <= budget["target"] == pytest.approx(0.7 * budget["dense"])
+    assert budget["evaluations"] <= 21
+    # the metric of the pruned model, read back from the cache, is what the budget reported
+    metric = measured_latency(load_profile("x86-epyc"), "tvm", 2, 0)
+    assert metric(prunepass.load(res.model, x).graph) == pytest.approx(budget["achieved"])
+    timer = LayerLatency("tvm", threads=2, trials=0)
+    assert timer.table_key.endswith("trials=0") and len(timer._table) >= 3
+    with pytest.raises(prunepass.PrunepassError, match="TVM_NUM_THREADS=2 but 1 threads"):
+        LayerLatency("tvm", threads=1)
+
+
+def test_a_layer_timed_on_tvm_with_trials_keeps_its_tuning_records(tmp_path, monkeypatch):
+    from prunepass.backends.measure.layer_latency import LayerLatency, LayerSpec, tvm_database
+    monkeypatch.setenv("PRUNEPASS_CACHE", str(tmp_path))
+    spec = LayerSpec("conv2d", 8, 8, 8, 8, 3, 3, padding=(1, 1))
+    timer = LayerLatency("tvm", trials=1, repeats=3, number=1)
+    assert timer(spec) > 0 and timer.measured == 1
+    records = list(tvm_database().rglob("database_tuning_record.json"))
+    assert records and records[0].read_text().strip()  # the kernel's measured schedule
+    again = LayerLatency("tvm", trials=1)
+    assert again(spec) == timer(spec) and again.measured == 0
+    assert LayerLatency("tvm", trials=0).table_key != again.table_key  # untuned: its own table

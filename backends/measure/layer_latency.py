@@ -12,15 +12,17 @@ import os
 import platform
 import time
 from dataclasses import astuple, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from prunepass.errors import PrunepassError
 
 FORMAT = "prunepass-layer-latency/1"
-BACKENDS = ("ort", "torch")
+BACKENDS = ("ort", "torch", "tvm")
 
 
 @dataclass(frozen=True)
@@ -166,12 +168,14 @@ def block_program(block: BlockSpec) -> tuple[list[tuple[str, LayerSpec, str]], l
 
 class LayerLatency:
     """Median latency in ms of layers (LayerSpec) or blocks of layers (BlockSpec) on
-    ``backend`` ("ort" or "torch") with ``threads`` intra-op threads (0: the backend's
-    default), measured once and kept in the JSON file ``cache`` (None: in memory only)."""
+    ``backend`` ("ort", "torch" or "tvm": compiled for this CPU) with ``threads`` intra-op
+    threads (0: the backend's default), measured once and kept in the JSON file ``cache``
+    (None: in memory only). ``trials``: tvm only, MetaSchedule trials per kernel before
+    timing (0: TVM's default schedules, which on a CPU are plain loops)."""
 
     def __init__(self, backend: str = "ort", threads: int = 0,
                  cache: str | Path | None = "default", repeats: int = 15,
-                 number: int = 5) -> None:
+                 number: int = 5, trials: int = 0) -> None:
         if backend not in BACKENDS:
             raise PrunepassError(f"layer latency backend {backend!r}: use one of "
                                  f"{', '.join(BACKENDS)}")
@@ -179,6 +183,13 @@ class LayerLatency:
         self.repeats, self.number = repeats, number
         self.cache = default_cache() if cache == "default" else (Path(cache) if cache else None)
         self.table_key = f"{backend} threads={threads} cpu={_cpu_name()}"
+        self._measure: Callable[..., float] = _MEASURE[backend]
+        if backend == "tvm":
+            _tvm_threads(threads)
+            self.table_key += f" trials={trials}"
+            self._measure = partial(_measure_tvm, trials=trials)
+        elif trials:
+            raise PrunepassError(f"trials are for the tvm backend; {backend} has no tuning")
         self._table: dict[str, float] = _read(self.cache).get(self.table_key, {})
         self.measured = 0  # entries measured (not read from the cache) by this object
 
@@ -188,9 +199,11 @@ class LayerLatency:
     def many(self, specs: Iterable[LayerSpec | BlockSpec]) -> list[float]:
         specs = list(specs)
         missing = [s for s in dict.fromkeys(specs) if s.key not in self._table]
-        for s in missing:
-            self._table[s.key] = _MEASURE[self.backend](_block(s), self.threads,
-                                                        self.repeats, self.number)
+        slow = self.backend == "tvm" and len(missing) > 1  # seconds per entry: show them
+        for s in tqdm(missing, desc=f"timing layers on {self.backend}", unit="layer",
+                      disable=not slow, leave=False):
+            self._table[s.key] = self._measure(_block(s), self.threads, self.repeats,
+                                               self.number)
             self.measured += 1
         if missing and self.cache is not None:
             data = _read(self.cache)
@@ -218,15 +231,18 @@ def _feed(inputs: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     return {k: rng.standard_normal(shape, dtype=np.float32) for k, shape in inputs.items()}
 
 
-def _measure_ort(block: BlockSpec, threads: int, repeats: int, number: int) -> float:
-    import onnxruntime as ort
+def block_onnx(block: BlockSpec) -> tuple[Any, dict[str, tuple[int, ...]]]:
+    """The block as an ONNX model (each layer a Conv or Gemm with its bias, then a Relu),
+    and its inputs with their shapes."""
     from onnx import TensorProto, helper, numpy_helper
     steps, outputs, inputs = block_program(block)
-    nodes, inits = [], []
+    nodes, inits, shapes = [], [], {}
     for i, (src, s, out) in enumerate(steps):
         if s is None:  # the producers' sum
             nodes.append(helper.make_node("Sum", src.split("+"), [out]))
+            shapes[out] = shapes[src.split("+")[0]]
             continue
+        shapes[out] = _output_shape(s)
         w, b = s.weights()
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
         if s.kind == "linear":
@@ -240,8 +256,14 @@ def _measure_ort(block: BlockSpec, threads: int, repeats: int, number: int) -> f
     graph = helper.make_graph(
         nodes, "block",
         [helper.make_tensor_value_info(k, TensorProto.FLOAT, list(v)) for k, v in inputs.items()],
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, list(shapes[o])) for o in outputs],
+        inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), inputs
+
+
+def _measure_ort(block: BlockSpec, threads: int, repeats: int, number: int) -> float:
+    import onnxruntime as ort
+    model, inputs = block_onnx(block)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -249,6 +271,42 @@ def _measure_ort(block: BlockSpec, threads: int, repeats: int, number: int) -> f
                                    providers=["CPUExecutionProvider"])
     feed = _feed(inputs)
     return _time(lambda: session.run(None, feed), repeats, number)
+
+
+def _measure_tvm(block: BlockSpec, threads: int, repeats: int, number: int, *,
+                 trials: int) -> float:
+    """The block compiled by TVM for this CPU (through its ONNX form, as a pruned model's
+    ONNX export is compiled) and timed like the other backends. With ``trials``, each kernel is
+    first tuned with that many MetaSchedule trials into a database beside the cache, which a
+    model compiled later with the same database reuses for the kernels it shares."""
+    import tempfile
+    from prunepass.backends.tvm.compile import compile_model
+    model, inputs = block_onnx(block)
+    with tempfile.TemporaryDirectory(prefix="prunepass-layer-") as tmp:
+        compiled = compile_model(model, None, "x86", tmp, max_trials_per_task=trials or None,
+                                 database=tvm_database() if trials else None,
+                                 route="onnx", progress=False)
+        loaded = compiled.load()
+        args = loaded.to_device(list(_feed(inputs).values()))
+        main = loaded.vm["main"]
+        return _time(lambda: main(*args), repeats, number)
+
+
+def _tvm_threads(threads: int) -> None:
+    """TVM's runtime takes its thread count from TVM_NUM_THREADS when its pool starts."""
+    if not threads:
+        return
+    have = os.environ.get("TVM_NUM_THREADS")
+    if have is None:
+        os.environ["TVM_NUM_THREADS"] = str(threads)
+    elif have != str(threads):
+        raise PrunepassError(f"TVM_NUM_THREADS={have} but {threads} threads were asked for; "
+                             "TVM's runtime reads it once: set it before starting")
+
+
+def tvm_database() -> Path:
+    """Where layer timings on TVM keep their tuning records (beside the latency cache)."""
+    return default_cache().parent / "tvm-tuning"
 
 
 def _measure_torch(block: BlockSpec, threads: int, repeats: int, number: int) -> float:
@@ -278,7 +336,7 @@ def _measure_torch(block: BlockSpec, threads: int, repeats: int, number: int) ->
         torch.set_num_threads(previous)
 
 
-_MEASURE = {"ort": _measure_ort, "torch": _measure_torch}
+_MEASURE = {"ort": _measure_ort, "torch": _measure_torch, "tvm": _measure_tvm}
 
 
 def _cpu_name() -> str:

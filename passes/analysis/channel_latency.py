@@ -209,13 +209,16 @@ class ChannelLatencyAnalysis(AnalysisPass):
     """Measured latency of each group's layers by kept channel count (for hw-round)."""
     name = "channel-latency"
     options = (
-        Option("backend", str, "ort", "where layers are timed on this machine",
-               ("ort", "torch")),
+        Option("backend", str, "ort", "where layers are timed on this machine (tvm: "
+               "compiled for this CPU)", ("ort", "torch", "tvm")),
+        Option("trials", int, 0, "tvm: MetaSchedule trials per kernel before timing",
+               check=at_least(0)),
         Option("threads", int, 0, "intra-op threads while timing (0: the backend's "
                "default); match the deployment", check=at_least(0)),
     )
 
     def run(self, graph: Graph, am) -> ChannelLatency:  # noqa: ANN001
         from prunepass.backends.measure.layer_latency import LayerLatency
-        timer = LayerLatency(self.opts["backend"], self.opts["threads"])
+        timer = LayerLatency(self.opts["backend"], self.opts["threads"],
+                             trials=self.opts["trials"] if self.opts["backend"] == "tvm" else 0)
         return ChannelLatency(graph, am.get("channel-groups"), timer)

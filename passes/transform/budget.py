@@ -51,7 +51,7 @@ def planned_shapes(graph: Graph, keep: dict[tuple[str, int], np.ndarray]) -> Ite
 
 
 def metric_fn(kind: str, profile: str, latency_source: str = "profile",
-              threads: int = 0) -> Callable[[Graph], float]:
+              threads: int = 0, trials: int = 0) -> Callable[[Graph], float]:
     from prunepass.passes.analysis.cost import compute_cost
     if kind == "macs":
         return lambda g: float(compute_cost(g).totals["macs"])
@@ -59,7 +59,7 @@ def metric_fn(kind: str, profile: str, latency_source: str = "profile",
     from prunepass.passes.analysis.energy import compute_energy
     prof = load_profile(profile)
     if kind == "latency" and latency_source != "profile":
-        return measured_latency(prof, latency_source, threads)
+        return measured_latency(prof, latency_source, threads, trials)
     if kind == "latency":
         return lambda g: compute_energy(g, compute_cost(g), prof).totals["latency_s"] * 1e3
     if prof.unit != "pJ":
@@ -67,15 +67,17 @@ def metric_fn(kind: str, profile: str, latency_source: str = "profile",
     return lambda g: compute_energy(g, compute_cost(g), prof).totals["total"] / 1e9  # mJ
 
 
-def measured_latency(profile: Any, backend: str, threads: int) -> Callable[[Graph], float]:
+def measured_latency(profile: Any, backend: str, threads: int,
+                     trials: int = 0) -> Callable[[Graph], float]:
     """Latency in ms of a graph: its convolution and linear layers each timed alone on
-    ``backend`` at their (planned) shapes, plus the profile's model for every other node
-    (normalisation, activations, pooling: small beside the layers, and memory-bound)."""
+    ``backend`` at their (planned) shapes (tvm: tuned with ``trials`` per kernel), plus the
+    profile's model for every other node (normalisation, activations, pooling: small beside
+    the layers, and memory-bound)."""
     from prunepass.backends.measure.layer_latency import LayerLatency
     from prunepass.passes.analysis.channel_latency import layer_spec
     from prunepass.passes.analysis.cost import compute_cost
     from prunepass.passes.analysis.energy import compute_energy
-    timer = LayerLatency(backend, threads)
+    timer = LayerLatency(backend, threads, trials=trials if backend == "tvm" else 0)
 
     def metric(g: Graph) -> float:
         specs = {n.name: layer_spec(n) for n in g.nodes}
@@ -87,18 +89,24 @@ def measured_latency(profile: Any, backend: str, threads: int) -> Callable[[Grap
 
 def search_ratio(graph: Graph, cg, choose: Callable[[float], np.ndarray],  # noqa: ANN001
                  metric: Callable[[Graph], float], target: float, relative: bool,
-                 max_ratio: float, what: str, steps: int = 16) -> tuple[np.ndarray, dict[str, Any]]:
+                 max_ratio: float, what: str, steps: int = 16,
+                 within: float = 0.01) -> tuple[np.ndarray, dict[str, Any]]:
     """The smallest ratio whose plan meets ``target``; returns (removed mask, summary).
 
     A coarse scan first finds the first of ``grid`` evenly spaced ratios that meets the
-    target, then bisection narrows the step before it. Bisection alone assumes the metric
+    target, then bisection narrows the step before it until the plan is within ``within``
+    (a fraction) below the target. Bisection alone assumes the metric
     falls as the ratio grows; a metric that knows channel alignment (measured layers, a
     calibrated profile) is not monotone, and bisection over the whole range can land far
     below the least pruning that meets the target."""
     dense = metric(graph)
     goal = target * dense if relative else target
 
+    evaluations = 0
+
     def evaluate(r: float) -> tuple[np.ndarray, float]:
+        nonlocal evaluations
+        evaluations += 1
         removed = choose(r)
         with planned_shapes(graph, cg.keep_for(removed)):
             return removed, metric(graph)
@@ -117,6 +125,8 @@ def search_ratio(graph: Graph, cg, choose: Callable[[float], np.ndarray],  # noq
                         "channels behind barriers, inputs and outputs are kept")
     # the bracket is 1/grid of the range: log2(grid) of the ``steps`` halvings are done
     for _ in range(max(steps - (grid.bit_length() - 1), 1)):
+        if best_val >= goal * (1 - within):  # close enough: each evaluation may be costly
+            break
         mid = (lo + hi) / 2
         removed, val = evaluate(mid)
         if val <= goal:
@@ -124,4 +134,4 @@ def search_ratio(graph: Graph, cg, choose: Callable[[float], np.ndarray],  # noq
         else:
             lo = mid
     return best, {"budget": what, "target": goal, "dense": dense, "achieved": best_val,
-                  "ratio": hi}
+                  "ratio": hi, "evaluations": evaluations}

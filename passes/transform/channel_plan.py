@@ -39,20 +39,23 @@ PLAN_OPTIONS = (
            "predicted as `latency-source` says"),
     Option("latency-source", str, "profile", "target-latency-ms: profile = `profile`'s "
            "latency model (roofline, or calibrated: see prunepass.hardware.calibrate); "
-           "ort / torch = every conv and linear layer timed alone on that backend here "
+           "ort / torch / tvm = every conv and linear layer timed alone on that backend here "
            "(cached; see the channel-latency analysis), the profile for the other nodes",
-           ("profile", "ort", "torch")),
+           ("profile", "ort", "torch", "tvm")),
     Option("energy-aware", bool, False, "divide each channel's importance by the modelled "
            "energy it costs (with `profile`)"),
     Option("profile", str, "x86-epyc", "hardware profile for energy-aware importance and "
            "target-energy"),
     Option("hw-round", str, "off", "snap each group's kept count to the measured latency "
            "staircase of its layers on this backend (see the channel-latency analysis); "
-           "round-to then restricts the candidates", ("off", "ort", "torch")),
+           "round-to then restricts the candidates", ("off", "ort", "torch", "tvm")),
     Option("hw-window", float, 0.15, "hw-round: candidates lie within keep * (1 +- this)",
            check=in_range(0.0, 1.0)),
     Option("hw-tolerance", float, 0.03, "hw-round: a smaller count must be this much faster "
            "(a fraction) to count as a step", check=in_range(0.0, 1.0)),
+    Option("hw-trials", int, 8, "hw-round=tvm and latency-source=tvm: MetaSchedule trials "
+           "per kernel of each layer timed (0: TVM's default schedules, plain loops on a "
+           "CPU); the records go to a database a later compile can reuse", check=at_least(0)),
     Option("hw-threads", int, 0, "hw-round and latency-source: intra-op threads while "
            "timing layers (0: the backend's default)", check=at_least(0)),
 )

@@ -40,8 +40,16 @@ def class_energy(graph, cg, energy) -> np.ndarray:  # noqa: ANN001
 def latency_label(opts) -> str:  # noqa: ANN001
     if opts["latency-source"] == "profile":
         return f"latency (ms, predicted by {opts['profile']})"
-    return (f"latency (ms, layers measured alone on {opts['latency-source']} here, the rest "
+    source = opts["latency-source"]
+    if source == "tvm":
+        source = f"tvm ({opts['hw-trials']} trials per kernel)"
+    return (f"latency (ms, layers measured alone on {source} here, the rest "
             f"predicted by {opts['profile']})")
+
+
+def tvm_trials(backend: str, opts) -> dict:  # noqa: ANN001
+    """The tuning budget of layers timed on tvm (other backends have none)."""
+    return {"trials": opts["hw-trials"]} if backend == "tvm" else {}
 
 
 def hardware_snap(am, opts):  # noqa: ANN001, ANN201
@@ -49,7 +57,8 @@ def hardware_snap(am, opts):  # noqa: ANN001, ANN201
     staircase, or None."""
     if opts["hw-round"] == "off":
         return None
-    table = am.get("channel-latency", backend=opts["hw-round"], threads=opts["hw-threads"])
+    table = am.get("channel-latency", backend=opts["hw-round"], threads=opts["hw-threads"],
+                   **tvm_trials(opts["hw-round"], opts))
     return lambda group, keep: table.snap(
         group, keep, window=opts["hw-window"], tolerance=opts["hw-tolerance"],
         round_to=opts["round-to"], min_keep=opts["min-channels"])
@@ -85,7 +94,7 @@ def plan_with_budget(graph, am, opts):  # noqa: ANN001, ANN201
             graph, cg, lambda r: choose_removed(cg, scores, {**global_opts, "ratio": r},
                                                 snap)[0],
             metric_fn(kind.split("-")[0], opts["profile"], opts["latency-source"],
-                      opts["hw-threads"]),
+                      opts["hw-threads"], opts["hw-trials"]),
             target, relative, opts["max-ratio"],
             {"macs": "MACs", "energy": "energy (mJ, modelled)",
              "latency-ms": latency_label(opts)}[kind])
