@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install cross-compiler coverage clean
+.PHONY: demo test install cross-compiler aarch64-sysroot coverage clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,14 @@ cross-compiler:
 	@command -v aarch64-linux-gnu-gcc >/dev/null || \
 	  { apt-get update -qq && apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null; }
 
+# aarch64 libraries are run under qemu-user in an aarch64 user space (tests, emulated RPC device)
+aarch64-sysroot: $(BIN)/python
+	@PYTHON=$(BIN)/python bash .ci/aarch64-sysroot.sh
+
 demo: install
 	$(BIN)/prunepass demo
 
-test: install
+test: install aarch64-sysroot
 	$(BIN)/python -m pytest -q tests
 
 coverage: install

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +102,32 @@ def test_aarch64_build_is_an_aarch64_shared_object(pruned, tmp_path):
     assert json.loads(compiled.metadata.read_text())["target"]["name"] == "aarch64"
     with pytest.raises(BackendError, match="no cpu device|cannot load"):
         compiled.load()  # an aarch64 library cannot run on this x86 host
+
+
+def test_aarch64_build_runs_on_an_emulated_aarch64_device(pruned, tmp_path):
+    """The cross-compiled library, run by the aarch64 TVM runtime under qemu-user behind an
+    RPC tracker, gives torch's answer; its latency is measured there (the emulator's)."""
+    from prunepass.backends.tvm import LocalRPCPool, load_library, measure_compiled, \
+        request_session
+    from prunepass.backends.tvm.emulate import check_emulator
+    try:
+        check_emulator()
+    except ToolchainError as err:
+        pytest.fail(f"{err} (make test builds it)")
+    model, x = pruned
+    with torch.no_grad():
+        reference = model(*x).numpy()
+    compiled = compile_model(model, x, "aarch64", tmp_path)
+    with LocalRPCPool(key="aarch64-qemu", emulate="aarch64", timeout_s=240) as pool:
+        remote = load_library(compiled.library, "cpu", compiled.inputs,
+                              request_session(pool.tracker))
+        out = remote(*x)
+        del remote  # ends the session: the server takes one at a time
+        np.testing.assert_allclose(out[0], reference, rtol=1e-4, atol=1e-4)
+        stats = measure_compiled(compiled, x, repeats=3, number=1, warmup=1, rpc=pool.tracker)
+        assert stats.backend == "tvm@aarch64-qemu" and stats.median_ms > 0
+    with pytest.raises(ToolchainError, match="aarch64-sysroot.sh"):
+        check_emulator(tmp_path / "no-sysroot")
 
 
 @pytest.mark.parametrize("arch,sm", [("sm_80", 80), ("sm_90", 90)])

@@ -92,12 +92,16 @@ def remote_vm(session: Any, library: str, device: str = "cpu") -> tuple[Any, Any
 
 class LocalRPCPool:
     """A tracker and ``servers`` RPC servers on 127.0.0.1, each in its own process.
-    Use as a context manager; the processes end on exit."""
+    Use as a context manager; the processes end on exit. ``emulate="aarch64"``: the servers
+    run aarch64 code under qemu-user (see prunepass.backends.tvm.emulate); they take tens of
+    seconds to start, so give ``timeout_s`` room."""
 
     def __init__(self, key: str = "local", servers: int = 1, port: int = 9190,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, emulate: str | None = None) -> None:
         from tvm import rpc
         from tvm.rpc.tracker import Tracker
+        if emulate not in (None, "aarch64"):
+            raise RPCError(f"emulate={emulate!r}: only aarch64 can be emulated")
         self._procs: list[Any] = []
         try:
             # port..port+200: the first free one; another pool or tracker may hold some.
@@ -105,6 +109,11 @@ class LocalRPCPool:
             self._procs.append(tracker)
             self.tracker = RPCTracker("127.0.0.1", tracker.port, key, timeout_s)
             for _ in range(servers):
+                if emulate:
+                    from prunepass.backends.tvm.emulate import start_server
+                    self._procs.append(start_server("127.0.0.1", tracker.port, key,
+                                                    port + 201, port + 400))
+                    continue
                 self._procs.append(rpc.Server("127.0.0.1", port=port + 201, port_end=port + 400,
                                               key=key, tracker_addr=("127.0.0.1", tracker.port),
                                               silent=True))
