@@ -98,3 +98,29 @@ def test_a_layer_timed_on_tvm_with_trials_keeps_its_tuning_records(tmp_path, mon
     again = LayerLatency("tvm", trials=1)
     assert again(spec) == timer(spec) and again.measured == 0
     assert LayerLatency("tvm", trials=0).table_key != again.table_key  # untuned: its own table
+
+
+def test_a_block_compiled_by_tvm_computes_what_onnxruntime_computes(tmp_path, monkeypatch):
+    """hw-round=tvm times blocks of layers: the block's ONNX form, compiled by TVM, gives
+    onnxruntime's outputs, and is timed."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from prunepass.backends.measure.layer_latency import (BlockSpec, LayerLatency, LayerSpec,
+                                                          _feed, block_onnx)
+    from prunepass.backends.tvm import compile_model
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    a = LayerSpec("conv2d", 8, 12, 6, 6, 3, 3, padding=(1, 1))
+    b = LayerSpec("conv2d", 4, 12, 6, 6, 1, 1)
+    dw = LayerSpec("conv2d", 12, 12, 6, 6, 3, 3, padding=(1, 1), groups=12)
+    c = LayerSpec("conv2d", 12, 5, 6, 6, 1, 1)
+    block = BlockSpec((a, b), (dw,), (c,))
+    model, inputs = block_onnx(block)
+    feed = _feed(inputs)
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, feed)
+    got = compile_model(model, None, "x86", tmp_path, route="onnx", progress=False).load()(
+        *feed.values())
+    assert [g.shape for g in got] == [(1, 5, 6, 6)]
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
+    assert LayerLatency("tvm", cache=None, repeats=3, number=1)(block) > 0

@@ -23,6 +23,7 @@ from prunepass.errors import PrunepassError
 
 FORMAT = "prunepass-layer-latency/1"
 BACKENDS = ("ort", "torch", "tvm")
+SAVE_EVERY_S = 10.0  # while measuring, the cache is written at least this often
 
 
 @dataclass(frozen=True)
@@ -199,17 +200,24 @@ class LayerLatency:
     def many(self, specs: Iterable[LayerSpec | BlockSpec]) -> list[float]:
         specs = list(specs)
         missing = [s for s in dict.fromkeys(specs) if s.key not in self._table]
-        slow = self.backend == "tvm" and len(missing) > 1  # seconds per entry: show them
-        for s in tqdm(missing, desc=f"timing layers on {self.backend}", unit="layer",
-                      disable=not slow, leave=False):
+        slow = self.backend == "tvm"  # seconds per entry: show them, save each
+        saved = time.monotonic()
+        for i, s in enumerate(tqdm(missing, desc=f"timing layers on {self.backend}",
+                                   unit="layer", disable=not slow or len(missing) < 2,
+                                   leave=False)):
             self._table[s.key] = self._measure(_block(s), self.threads, self.repeats,
                                                self.number)
             self.measured += 1
-        if missing and self.cache is not None:
+            if i + 1 == len(missing) or time.monotonic() - saved > SAVE_EVERY_S:
+                self._save()  # an interrupted run keeps what it measured
+                saved = time.monotonic()
+        return [self._table[s.key] for s in specs]
+
+    def _save(self) -> None:
+        if self.cache is not None:
             data = _read(self.cache)
             data.setdefault(self.table_key, {}).update(self._table)
             _write(self.cache, data)
-        return [self._table[s.key] for s in specs]
 
 
 TIME_BUDGET_S = 0.3  # per entry: large layers get fewer calls, the median stays robust

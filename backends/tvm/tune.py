@@ -84,16 +84,17 @@ def tune_model(mod: Any, spec: TargetSpec, database: str | Path, *, trials: int,
 
     check_tuning_dependencies()
     per_task = report.trials_per_task
-    runner = _runner(rpc)  # before the slow import below: a dead tracker fails fast
-    import_tensor_intrinsics()
-    with _unnamed_handlers_removed():
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            pending, work_dir=str(folder), strategy=_search(per_task), seed=seed)
+    with _quiet_console():
+        runner = _runner(rpc)  # before the slow import below: a dead tracker fails fast
+        import_tensor_intrinsics()
+        with _unnamed_handlers_removed():
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                pending, work_dir=str(folder), strategy=_search(per_task), seed=seed)
     before = len(db)
     bar = tqdm(total=per_task * len(contexts), unit="trial", disable=not progress,
                desc=f"tuning {len(contexts)} kernels for {spec.name}")
     try:
-        with _quiet_console(progress), _sigint_seen() as interrupted:
+        with _quiet_console(), _sigint_seen() as interrupted:
             ms.tune.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(folder),
                 max_trials_global=per_task * len(contexts), max_trials_per_task=per_task,
@@ -252,16 +253,15 @@ def _sigint_seen() -> Iterator[list[bool]]:
 
 
 @contextmanager
-def _quiet_console(quiet: bool) -> Iterator[None]:
-    """MetaSchedule prints its task tables to stdout; under a progress bar, keep them in its
-    log files only."""
+def _quiet_console() -> Iterator[None]:
+    """MetaSchedule prints a task table to stdout after every batch; keep them in its log
+    files (``<database>/<target>/logs``) and let the console show warnings and the bar."""
     logger = logging.getLogger(MS_LOGGER)
     consoles = [h for h in logger.handlers
                 if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
     levels = [h.level for h in consoles]
-    if quiet:
-        for h in consoles:
-            h.setLevel(logging.WARNING)
+    for h in consoles:
+        h.setLevel(logging.WARNING)
     try:
         yield
     finally:
