@@ -47,7 +47,7 @@ from prunepass.backends.measure.layer_latency import LayerLatency  # noqa: E402
 from prunepass.hardware.calibrate import (CHANNEL_BLOCKS, Run, calibrate,  # noqa: E402
                                           fit_aligned_latency, fit_latency,
                                           features, fit_layer_latency,
-                                          unaligned_layers)
+                                          loose_bytes, unaligned_layers)
 from prunepass.passes.analysis.channel_latency import layer_spec  # noqa: E402
 from prunepass.passes.analysis.cost import compute_cost  # noqa: E402
 
@@ -60,7 +60,8 @@ def predict(model: dict, row: dict) -> float:
     block = str(model.get("channel_block", 1))
     return (sum(model["s_per_mac"][k] * m for k, m in row["macs_by_block"][block].items())
             + model["s_per_byte"] * row["bytes"] + model["s_per_node"] * row["nodes"]
-            + model["s_per_unaligned_layer"] * row["unaligned_by_block"][block])
+            + model["s_per_unaligned_layer"] * row["unaligned_by_block"][block]
+            + model["s_per_loose_byte"] * row["loose_bytes"])
 
 
 def runs_for(rows: list[dict], backend: str, block: int) -> list[Run]:
@@ -68,7 +69,8 @@ def runs_for(rows: list[dict], backend: str, block: int) -> list[Run]:
     layer_s is the layer table's sum."""
     return [Run(f"{r['model']}/{r['variant']}", r["macs_by_block"][str(block)], r["bytes"],
                 r["nodes"], r[f"{backend}_ms"] / 1e3, layer_s=r[f"{backend}_layers_ms"] / 1e3,
-                unaligned_layers=r["unaligned_by_block"][str(block)]) for r in rows]
+                unaligned_layers=r["unaligned_by_block"][str(block)],
+                loose_bytes=r["loose_bytes"]) for r in rows]
 
 
 def fit_report(rows: list[dict], backend: str, in_sample: list, refit, predict_s) -> dict:  # noqa: ANN001
@@ -183,6 +185,7 @@ def main() -> None:
         e = res.record.energy_after
         row = {"model": name, "variant": variant, "macs": sum(macs.values()),
                "macs_by_kind": macs, "bytes": moved, "nodes": nodes,
+               "loose_bytes": loose_bytes(g, cost),
                "macs_by_block": {str(b): features(g, cost, b)[0] for b in CHANNEL_BLOCKS},
                "unaligned_by_block": {str(b): unaligned_layers(g, cost, b)
                                       for b in CHANNEL_BLOCKS},

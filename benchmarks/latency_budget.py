@@ -4,19 +4,21 @@ For each model and relative budget B (e.g. 0.5x: half the dense latency), prune 
   prune-channels<target-latency-ms=Bx,latency-source=SRC,hw-threads=T>,dce
 where SRC is "ort" / "tvm" (every conv / linear layer timed alone on that backend on this
 machine, the profile's model for the other nodes; tvm layers are compiled for this CPU and
-tuned with --trials MetaSchedule trials per kernel), "ort+hw" / "tvm+hw" (the same, with
-hw-round on that backend: every group's count on its measured latency staircase while the
-budget is searched), "profile" (the x86-epyc roofline model, for comparison) or
-"calibrated" / "calibrated+hw" (the profile fitted by benchmarks/energy.py to this
-machine's onnxruntime latencies, with its cost for unaligned channel counts; --calibrated),
-then time the dense and pruned ONNX exports in alternating rounds (T threads) on --backend
-and report the achieved latency ratio pruned / dense (median over rounds, IQR). With
---backend tvm the models are compiled from their ONNX exports and tuned with --trials per
-kernel into the database the layer timings filled, so kernels a layer shares with the model
-are measured once.
+tuned with --trials MetaSchedule trials per kernel), "tvm-model" (every plan the search
+tries built, compiled by TVM with --trials per kernel and measured), "ort+hw" / "tvm+hw"
+(the same as ort / tvm, with hw-round on that backend: every group's count on its measured
+latency staircase while the budget is searched), "profile" (the x86-epyc roofline model,
+for comparison) or "calibrated" / "calibrated+hw" (the profile fitted by
+benchmarks/energy.py to this machine's onnxruntime latencies, with its cost for unaligned
+channel counts; --calibrated), then time the dense and pruned models in alternating rounds
+(T threads) on --backend (onnxruntime: their ONNX exports) and report the achieved latency
+ratio pruned / dense (median over rounds, IQR). With
+--backend tvm the torch models are compiled (through torch.export, as tvm-model builds its
+plans) and tuned with --trials per kernel into the database the search filled, so a kernel
+the search tuned is not tuned again.
 
     python benchmarks/latency_budget.py [--models resnet18,...] [--budgets 0.5,0.7]
-        [--sources ort+hw,ort,profile,calibrated,calibrated+hw,tvm,tvm+hw]
+        [--sources ort+hw,ort,profile,calibrated,calibrated+hw,tvm,tvm+hw,tvm-model]
         [--backend ort|tvm] [--trials 8] [--out latency_budget.json]
 Writes benchmarks/results/latency_budget.json (or --out).
 """
@@ -68,12 +70,13 @@ def main() -> None:
         x = torch.randn(1, 3, 224, 224)
         with tempfile.TemporaryDirectory() as tmp:
             files = {"dense": export_onnx(model, (x,), Path(tmp) / "dense.onnx")}
-            predicted, pipelines = {}, {}
+            modules = {"dense": model}
+            predicted, pipelines, searched = {}, {}, {}
             for src in args.sources.split(","):
                 for b in (float(v) for v in args.budgets.split(",")):
                     key = f"{src}@{b}x"
                     base = src.removesuffix("+hw")
-                    timer = "tvm" if base == "tvm" else "ort"  # where layers are timed
+                    timer = "tvm" if base.startswith("tvm") else "ort"  # where layers are timed
                     hw = f",hw-round={timer}" if src.endswith("+hw") else ""
                     source = ("latency-source=profile,profile=" + args.calibrated
                               if base == "calibrated" else f"latency-source={base}")
@@ -90,12 +93,17 @@ def main() -> None:
                     budget = res.record.passes[0]["changes"]["budget"]
                     predicted[key] = (b, budget["achieved"] / budget["dense"],
                                       res.record.cost_after["macs"] / res.record.cost_before["macs"])
+                    searched[key] = {k: budget[k] for k in ("dense", "achieved", "evaluations")}
                     pipelines[key] = pipeline
                     files[key] = export_onnx(res.model, (x,), Path(tmp) / f"{key}.onnx")
-            options = ({"threads": args.threads} if args.backend == "ort" else
-                       {"max_trials_per_task": args.trials or None, "route": "onnx",
-                        "database": tvm_database() if args.trials else None})
-            runners = {k: runner(args.backend, f, (x,), **options) for k, f in files.items()}
+                    modules[key] = res.model
+            if args.backend == "ort":
+                runners = {k: runner("ort", f, (x,), threads=args.threads)
+                           for k, f in files.items()}
+            else:  # the torch models, through torch.export, as tvm-model builds its plans
+                runners = {k: runner("tvm", m, (x,), max_trials_per_task=args.trials or None,
+                                     database=tvm_database() if args.trials else None)
+                           for k, m in modules.items()}
             rounds = alternate(runners, rounds=args.rounds, repeats=5, number=1)
         for key, (b, pred, macs) in predicted.items():
             ratio = Spread.of([p / d for p, d in zip(rounds[key], rounds["dense"])])
@@ -103,7 +111,8 @@ def main() -> None:
                    "pipeline": pipelines[key],
                    "predicted": pred, "macs_fraction": macs, "achieved": ratio.to_dict(),
                    "dense_ms": Spread.of(rounds["dense"]).to_dict(),
-                   "pruned_ms": Spread.of(rounds[key]).to_dict()}
+                   "pruned_ms": Spread.of(rounds[key]).to_dict(),
+                   "search": searched[key]}  # the metric's dense and planned values
             rows.append(row)
             print(f"{name:16} {row['source']:13} requested {b:.2f}x  predicted {pred:.3f}x  "
                   f"achieved {ratio.median:.3f}x [IQR {ratio.iqr:.3f}]  (dense "

@@ -81,7 +81,7 @@ def test_calibrate_fits_a_profile_that_predicts_what_it_printed(tmp_path, capsys
     assert list(rows) == ["torchvision:resnet18 dense", "torchvision:resnet18 ratio 0.3",
                           "torchvision:resnet18 ratio 0.5"]
     assert all(m > 0 for m, _, _ in rows.values())
-    assert "3 runs for 9 coefficients" in lines[-1]
+    assert "3 runs for 10 coefficients" in lines[-1]
     fitted = load_profile(out)
     assert "calibrated on ort, 1 threads" in fitted.provenance
     assert fitted.extra["latency_model"]["channel_block"] in (1, 4, 8, 16)

@@ -12,8 +12,8 @@ import prunepass
 from prunepass.backends.measure.energy import RaplMeter, measure_energy, MeterUnavailable
 from prunepass.frontends.torch import TorchModel
 from prunepass.hardware import ProfileError, available_profiles, load_profile
-from prunepass.hardware.calibrate import Run, calibrate, features, measured_run, \
-    unaligned_layers
+from prunepass.hardware.calibrate import Run, calibrate, features, loose_bytes, loose_nodes, \
+    measured_run, unaligned_layers
 from prunepass.passes.analysis.cost import compute_cost
 from prunepass.passes.analysis.energy import PJ_PER_J, compute_energy
 
@@ -142,7 +142,7 @@ def test_calibration_finds_the_channel_block_and_its_unaligned_cost():
     the energy analysis then predicts a held-out width exactly."""
     truth = {"conv": 2e-11, "grouped_conv": 8e-11, "gemm": 1e-11}
     truth.update({f"{k}_unaligned": 3 * v for k, v in list(truth.items())})
-    s_byte, s_node, s_unaligned = 1e-10, 2e-5, 5e-5
+    s_byte, s_node, s_unaligned, s_loose = 1e-10, 2e-5, 5e-5, 4e-10
 
     def graph(c1: int, c2: int, size: int):  # noqa: ANN202
         g = TorchModel.from_module(_widths_net(c1, c2), (torch.randn(1, 3, size, size),)).graph
@@ -151,7 +151,7 @@ def test_calibration_finds_the_channel_block_and_its_unaligned_cost():
     def true_latency(g, cost) -> float:  # noqa: ANN001
         macs, moved, nodes = features(g, cost, 8)
         return (sum(truth[k] * m for k, m in macs.items()) + s_byte * moved + s_node * nodes
-                + s_unaligned * unaligned_layers(g, cost, 8))
+                + s_unaligned * unaligned_layers(g, cost, 8) + s_loose * loose_bytes(g, cost))
 
     widths = [(8, 16), (12, 16), (16, 20), (20, 24), (24, 32), (28, 36), (32, 40), (36, 44),
               (40, 48), (44, 52), (48, 60), (52, 64)]
@@ -165,12 +165,42 @@ def test_calibration_finds_the_channel_block_and_its_unaligned_cost():
     for k, v in truth.items():
         assert lm["s_per_mac"][k] == pytest.approx(v, rel=1e-3)
     assert lm["s_per_unaligned_layer"] == pytest.approx(s_unaligned, rel=1e-3)
+    assert lm["s_per_loose_byte"] == pytest.approx(s_loose, rel=1e-3)
     assert cal.mean_abs_pct_error("latency") < 1e-3
     plain = calibrate(load_profile("x86-epyc"), aligned[1], "synthetic")
     assert plain.mean_abs_pct_error("latency") > 1.0  # one cost per kind cannot fit this
     held_out = graph(30, 56, 9)  # 30: unaligned for 8 (and 4)
     e = compute_energy(*held_out, cal.profile)
     assert e.totals["latency_s"] == pytest.approx(true_latency(*held_out), rel=1e-3)
+
+
+class PreActivation(nn.Module):
+    """What a graph compiler fuses and what it cannot: conv-bn-relu chains and residual adds
+    fold into their convolution; a concatenation, a norm and activation applied to it (as in
+    densenet), an activation of a tensor read twice, and pooling stand alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a, self.conv_b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 1)
+        self.bn_a, self.bn_c = nn.BatchNorm2d(8), nn.BatchNorm2d(16)
+        self.conv_c, self.conv_s = nn.Conv2d(16, 8, 1), nn.Conv2d(3, 8, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.bn_a(self.conv_a(x)))
+        c = torch.cat([a, self.conv_b(x)], 1)
+        y = self.conv_c(torch.relu(self.bn_c(c)))
+        s = self.conv_s(x)
+        y = y + torch.relu(s) + s
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_loose_nodes_are_those_no_layer_absorbs():
+    g = TorchModel.from_module(PreActivation().eval(), (torch.randn(1, 3, 8, 8),)).graph
+    assert loose_nodes(g) == {"cat", "batch_norm_1", "relu_1", "relu_2", "adaptive_avg_pool2d"}
+    cost = compute_cost(g)
+    by_node = {c.node: c.read_bytes + c.act_bytes for c in cost.nodes}
+    assert loose_bytes(g, cost) == sum(by_node[n] for n in loose_nodes(g)) > 0
 
 
 def test_calibrated_profile_round_trips_and_drives_the_analysis(tmp_path):

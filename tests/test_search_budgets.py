@@ -126,7 +126,7 @@ def test_a_budget_on_a_metric_that_is_not_monotone_finds_the_least_pruning():
             "round-to": 1, "max-ratio": 0.9}
     dense = float(compute_cost(adapter.graph).totals["macs"])
 
-    def bumpy(g) -> float:  # noqa: ANN001
+    def bumpy(g, keep=None) -> float:  # noqa: ANN001
         frac = float(compute_cost(g).totals["macs"]) / dense
         return dense * (1.0 if 0.2 < frac < 0.45 else frac)
 

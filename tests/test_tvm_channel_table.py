@@ -124,3 +124,31 @@ def test_a_block_compiled_by_tvm_computes_what_onnxruntime_computes(tmp_path, mo
     assert [g.shape for g in got] == [(1, 5, 6, 6)]
     np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
     assert LayerLatency("tvm", cache=None, repeats=3, number=1)(block) > 0
+
+
+def test_a_latency_budget_on_tvm_built_models_measures_every_plan(tmp_path, monkeypatch):
+    """latency-source=tvm-model: each plan the search tries is built as a model, compiled by
+    TVM and timed; the budget is met on those measurements and the record says so."""
+    import torch
+    from torch import nn
+
+    import prunepass
+    from prunepass.testing import randomize
+    monkeypatch.setenv("PRUNEPASS_CACHE", str(tmp_path))
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    torch.manual_seed(0)
+    model = randomize(nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(32, 10)).eval())
+    x = (torch.randn(1, 3, 24, 24),)
+    res = prunepass.prune(model, x, "prune-channels<target-latency-ms=0.6x,"
+                          "latency-source=tvm-model,hw-trials=0>,dce", check_numerics=True)
+    budget = res.record.passes[0]["changes"]["budget"]
+    assert budget["budget"].startswith("latency (ms, each planned model compiled by tvm")
+    assert budget["achieved"] <= budget["target"] == pytest.approx(0.6 * budget["dense"])
+    assert 2 <= budget["evaluations"] <= 21
+    kept = [g["kept"] for g in res.record.passes[0]["changes"]["groups"]]
+    assert kept and all(k < 32 for k in kept)  # channels went: untuned convs cost per MAC
+    out = res.model(*x)
+    assert out.shape == (1, 10) and torch.isfinite(out).all()

@@ -186,7 +186,7 @@ class LayerLatency:
         self.table_key = f"{backend} threads={threads} cpu={_cpu_name()}"
         self._measure: Callable[..., float] = _MEASURE[backend]
         if backend == "tvm":
-            _tvm_threads(threads)
+            set_tvm_threads(threads)
             self.table_key += f" trials={trials}"
             self._measure = partial(_measure_tvm, trials=trials)
         elif trials:
@@ -300,8 +300,9 @@ def _measure_tvm(block: BlockSpec, threads: int, repeats: int, number: int, *,
         return _time(lambda: main(*args), repeats, number)
 
 
-def _tvm_threads(threads: int) -> None:
-    """TVM's runtime takes its thread count from TVM_NUM_THREADS when its pool starts."""
+def set_tvm_threads(threads: int) -> None:
+    """TVM's runtime takes its thread count from TVM_NUM_THREADS when its pool starts: set it
+    (0: leave TVM's default), or fail if it was set to another count."""
     if not threads:
         return
     have = os.environ.get("TVM_NUM_THREADS")

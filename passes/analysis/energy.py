@@ -67,11 +67,12 @@ def node_dtype(graph_node) -> str:  # noqa: ANN001
 
 def compute_energy(graph: Graph, cost, profile: HardwareProfile,  # noqa: ANN001
                    node_latency: dict[str, float] | None = None) -> Energy:
-    from prunepass.hardware.calibrate import VIEW_OPS, latency_of, mac_kind
+    from prunepass.hardware.calibrate import VIEW_OPS, latency_of, loose_nodes, mac_kind
     rows = []
     by_name = {n.name: n for n in graph.nodes}
     lat_model = profile.extra.get("latency_model")  # from calibration, when fitted
     e_model = profile.extra.get("energy_model")
+    loose = loose_nodes(graph) if lat_model and lat_model.get("s_per_loose_byte") else set()
     to_unit = PJ_PER_J if profile.unit == "pJ" else 0.0
     for c in cost.nodes:
         node = by_name[c.node]
@@ -82,7 +83,8 @@ def compute_energy(graph: Graph, cost, profile: HardwareProfile,  # noqa: ANN001
             latency = node_latency[c.node]
         elif lat_model:
             kind = mac_kind(node, lat_model.get("channel_block", 1)) if c.macs else "conv"
-            latency = latency_of(lat_model, kind, c.macs, moved, node.op not in VIEW_OPS)
+            latency = latency_of(lat_model, kind, c.macs, moved, node.op not in VIEW_OPS,
+                                 c.node in loose)
         else:
             latency = max(c.macs / profile.peak(dtype), moved / (level.bandwidth_gbs * 1e9))
         if e_model:

@@ -8,7 +8,7 @@ meets the target; with global scope the ratio is spread unevenly over groups by
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -50,25 +50,63 @@ def planned_shapes(graph: Graph, keep: dict[tuple[str, int], np.ndarray]) -> Ite
             v.shape = shape
 
 
+Keep = dict[tuple[str, int], np.ndarray]
+# A budget's metric: (graph with the plan's shapes, the plan's keep; None: dense) -> value.
+Metric = Callable[[Graph, Optional[Keep]], float]
+
+
 def metric_fn(kind: str, profile: str, latency_source: str = "profile",
-              threads: int = 0, trials: int = 0) -> Callable[[Graph], float]:
+              threads: int = 0, trials: int = 0, model: Any = None) -> Metric:
+    """The metric a budget on ``kind`` (macs, energy, latency) is searched on. ``model``
+    (the model adapter) is needed by latency-source=tvm-model, which builds every plan."""
     from prunepass.passes.analysis.cost import compute_cost
     if kind == "macs":
-        return lambda g: float(compute_cost(g).totals["macs"])
+        return lambda g, keep=None: float(compute_cost(g).totals["macs"])
     from prunepass.hardware import load_profile
     from prunepass.passes.analysis.energy import compute_energy
     prof = load_profile(profile)
+    if kind == "latency" and latency_source == "tvm-model":
+        if model is None:
+            raise PipelineError("latency-source=tvm-model builds each plan: it needs the model")
+        return model_latency(model, threads, trials)
     if kind == "latency" and latency_source != "profile":
         return measured_latency(prof, latency_source, threads, trials)
     if kind == "latency":
-        return lambda g: compute_energy(g, compute_cost(g), prof).totals["latency_s"] * 1e3
+        return lambda g, keep=None: compute_energy(g, compute_cost(g),
+                                                   prof).totals["latency_s"] * 1e3
     if prof.unit != "pJ":
         raise PipelineError(f"target-energy needs a profile in pJ; {prof.name} is in {prof.unit}")
-    return lambda g: compute_energy(g, compute_cost(g), prof).totals["total"] / 1e9  # mJ
+    return lambda g, keep=None: compute_energy(g, compute_cost(g), prof).totals["total"] / 1e9
 
 
-def measured_latency(profile: Any, backend: str, threads: int,
-                     trials: int = 0) -> Callable[[Graph], float]:
+def model_latency(model: Any, threads: int, trials: int) -> Metric:
+    """Latency in ms of the planned model itself: a copy of ``model`` (an adapter) with the
+    plan's channels removed and dead nodes erased, compiled by TVM for this CPU, tuned with
+    ``trials`` MetaSchedule trials per kernel into the layer-latency database (so compiling
+    the pruned model later reuses every kernel), and timed with time_evaluator. Each call
+    builds a model: minutes with tuning, seconds for kernels already tuned."""
+    import tempfile
+    from prunepass.backends.measure.layer_latency import set_tvm_threads, tvm_database
+    from prunepass.backends.tvm.compile import compile_model
+    from prunepass.backends.tvm.measure import measure_compiled
+    set_tvm_threads(threads)
+
+    def metric(g: Graph, keep: Keep | None = None) -> float:
+        planned = model.clone()
+        if keep:
+            planned.apply_keep(keep, "remove")
+            planned.erase_dead()
+        inputs = tuple(planned.example_inputs)
+        with tempfile.TemporaryDirectory(prefix="prunepass-budget-") as tmp:
+            compiled = compile_model(planned.materialize(), inputs, "x86", tmp,
+                                     max_trials_per_task=trials or None,
+                                     database=tvm_database() if trials else None)
+            return measure_compiled(compiled, inputs, repeats=15, number=3,
+                                    warmup=3).median_ms
+    return metric
+
+
+def measured_latency(profile: Any, backend: str, threads: int, trials: int = 0) -> Metric:
     """Latency in ms of a graph: its convolution and linear layers each timed alone on
     ``backend`` at their (planned) shapes (tvm: tuned with ``trials`` per kernel), plus the
     profile's model for every other node (normalisation, activations, pooling: small beside
@@ -79,7 +117,7 @@ def measured_latency(profile: Any, backend: str, threads: int,
     from prunepass.passes.analysis.energy import compute_energy
     timer = LayerLatency(backend, threads, trials=trials if backend == "tvm" else 0)
 
-    def metric(g: Graph) -> float:
+    def metric(g: Graph, keep: Keep | None = None) -> float:
         specs = {n.name: layer_spec(n) for n in g.nodes}
         energy = compute_energy(g, compute_cost(g), profile)
         other = sum(e.latency_s for e in energy.nodes if specs.get(e.node) is None) * 1e3
@@ -88,7 +126,7 @@ def measured_latency(profile: Any, backend: str, threads: int,
 
 
 def search_ratio(graph: Graph, cg, choose: Callable[[float], np.ndarray],  # noqa: ANN001
-                 metric: Callable[[Graph], float], target: float, relative: bool,
+                 metric: Metric, target: float, relative: bool,
                  max_ratio: float, what: str, steps: int = 16,
                  within: float = 0.01) -> tuple[np.ndarray, dict[str, Any]]:
     """The smallest ratio whose plan meets ``target``; returns (removed mask, summary).
@@ -99,7 +137,7 @@ def search_ratio(graph: Graph, cg, choose: Callable[[float], np.ndarray],  # noq
     falls as the ratio grows; a metric that knows channel alignment (measured layers, a
     calibrated profile) is not monotone, and bisection over the whole range can land far
     below the least pruning that meets the target."""
-    dense = metric(graph)
+    dense = metric(graph, None)
     goal = target * dense if relative else target
 
     evaluations = 0
@@ -108,8 +146,9 @@ def search_ratio(graph: Graph, cg, choose: Callable[[float], np.ndarray],  # noq
         nonlocal evaluations
         evaluations += 1
         removed = choose(r)
-        with planned_shapes(graph, cg.keep_for(removed)):
-            return removed, metric(graph)
+        keep = cg.keep_for(removed)
+        with planned_shapes(graph, keep):
+            return removed, metric(graph, keep)
 
     grid = 8
     lo = 0.0

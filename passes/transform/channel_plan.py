@@ -40,8 +40,10 @@ PLAN_OPTIONS = (
     Option("latency-source", str, "profile", "target-latency-ms: profile = `profile`'s "
            "latency model (roofline, or calibrated: see prunepass.hardware.calibrate); "
            "ort / torch / tvm = every conv and linear layer timed alone on that backend here "
-           "(cached; see the channel-latency analysis), the profile for the other nodes",
-           ("profile", "ort", "torch", "tvm")),
+           "(cached; see the channel-latency analysis), the profile for the other nodes; "
+           "tvm-model = every planned model built, compiled by TVM for this CPU (tuned with "
+           "hw-trials per kernel) and measured: slow, but what a TVM deployment gets",
+           ("profile", "ort", "torch", "tvm", "tvm-model")),
     Option("energy-aware", bool, False, "divide each channel's importance by the modelled "
            "energy it costs (with `profile`)"),
     Option("profile", str, "x86-epyc", "hardware profile for energy-aware importance and "
@@ -53,9 +55,10 @@ PLAN_OPTIONS = (
            check=in_range(0.0, 1.0)),
     Option("hw-tolerance", float, 0.03, "hw-round: a smaller count must be this much faster "
            "(a fraction) to count as a step", check=in_range(0.0, 1.0)),
-    Option("hw-trials", int, 8, "hw-round=tvm and latency-source=tvm: MetaSchedule trials "
-           "per kernel of each layer timed (0: TVM's default schedules, plain loops on a "
-           "CPU); the records go to a database a later compile can reuse", check=at_least(0)),
+    Option("hw-trials", int, 8, "hw-round=tvm and latency-source=tvm / tvm-model: "
+           "MetaSchedule trials per kernel of each layer (or model) timed (0: TVM's default "
+           "schedules, plain loops on a CPU); the records go to a database a later compile "
+           "can reuse", check=at_least(0)),
     Option("hw-threads", int, 0, "hw-round and latency-source: intra-op threads while "
            "timing layers (0: the backend's default)", check=at_least(0)),
 )

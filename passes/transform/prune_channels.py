@@ -41,6 +41,9 @@ def latency_label(opts) -> str:  # noqa: ANN001
     if opts["latency-source"] == "profile":
         return f"latency (ms, predicted by {opts['profile']})"
     source = opts["latency-source"]
+    if source == "tvm-model":
+        return (f"latency (ms, each planned model compiled by tvm for this CPU, "
+                f"{opts['hw-trials']} trials per kernel, and measured here)")
     if source == "tvm":
         source = f"tvm ({opts['hw-trials']} trials per kernel)"
     return (f"latency (ms, layers measured alone on {source} here, the rest "
@@ -94,7 +97,7 @@ def plan_with_budget(graph, am, opts):  # noqa: ANN001, ANN201
             graph, cg, lambda r: choose_removed(cg, scores, {**global_opts, "ratio": r},
                                                 snap)[0],
             metric_fn(kind.split("-")[0], opts["profile"], opts["latency-source"],
-                      opts["hw-threads"], opts["hw-trials"]),
+                      opts["hw-threads"], opts["hw-trials"], am.model),
             target, relative, opts["max-ratio"],
             {"macs": "MACs", "energy": "energy (mJ, modelled)",
              "latency-ms": latency_label(opts)}[kind])

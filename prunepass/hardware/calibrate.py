@@ -1,13 +1,18 @@
 """Fit a profile to measurements by non-negative least squares.
 
 Latency:  t = sum_k s_per_mac[k] * MACs_k + s_per_byte * bytes moved + s_per_node * nodes
+              + s_per_loose_byte * bytes moved by loose nodes
           (k: dense conv, grouped/depthwise conv, matrix products; they run at very
           different speeds per MAC on CPUs. With a channel block B, each kind is split into
           layers whose channel counts are multiples of B and the rest ("_unaligned"): CPU
           kernels work on blocks of channels, and onnxruntime runs a convolution with
           unaligned channels in another layout, converting its neighbours' tensors, so
           each unaligned layer also costs s_per_unaligned_layer. fit_aligned_latency tries
-          several B and keeps the one that fits best.)
+          several B and keeps the one that fits best. A loose node is a memory-bound node
+          no layer absorbs: a normalisation or activation applied to a concatenation or
+          before a convolution (pre-activation), pooling, a concatenation itself; graph
+          compilers fuse the others into the layer whose output they read, and eager
+          execution does not, so the fit says what a loose byte costs beyond a fused one.)
 Energy:   E = j_per_mac * MACs + j_per_byte * bytes moved + static_w * t_measured
 
 The features come from the IR (cost analysis) of each measured model variant, so dense and
@@ -34,7 +39,10 @@ VIEW_OPS = {ops.RESHAPE, ops.PERMUTE, ops.EXPAND, ops.SELECT, ops.SLICE, ops.FIL
 BASE_KINDS = ("conv", "grouped_conv", "gemm")
 MAC_KINDS = BASE_KINDS + tuple(f"{k}_unaligned" for k in BASE_KINDS)
 CHANNEL_BLOCKS = (1, 4, 8, 16)  # tried by fit_aligned_latency; 1: no alignment split
-LATENCY_TERMS = ("s_per_byte", "s_per_node", "s_per_unaligned_layer")  # besides s_per_mac
+LATENCY_TERMS = ("s_per_byte", "s_per_node", "s_per_unaligned_layer",
+                 "s_per_loose_byte")  # besides s_per_mac
+MAC_OPS = {ops.CONV, ops.LINEAR, ops.MATMUL, ops.EINSUM, ops.ATTENTION}
+FUSABLE_OPS = {ops.BATCHNORM, ops.UNARY, ops.BINARY}  # fused into the layer they follow
 
 
 def mac_kind(node, block: int = 1) -> str:  # noqa: ANN001
@@ -64,6 +72,7 @@ class Run:
     energy_j: float | None = None  # measured, where a meter exists
     layer_s: float | None = None  # its conv/linear layers timed alone, summed (LayerLatency)
     unaligned_layers: int = 0  # layers of an unaligned MAC kind (unaligned_layers())
+    loose_bytes: float = 0.0  # of ``bytes``, those moved by loose nodes (loose_nodes())
 
     def mac_vector(self) -> list[float]:
         if isinstance(self.macs, dict):
@@ -100,6 +109,40 @@ def _moved_and_nodes(graph, cost) -> tuple[float, int]:  # noqa: ANN001
             sum(1 for n in graph.nodes if n.op not in VIEW_OPS))
 
 
+def loose_nodes(graph) -> set[str]:  # noqa: ANN001
+    """Compute nodes without MACs that no layer absorbs: all but the elementwise nodes and
+    batch norms that read, as the only reader, the output of a MAC layer or of a node
+    already absorbed (conv -> bn -> add -> relu is one kernel in a graph compiler)."""
+    made_by: dict[str, str] = {}
+    readers: dict[str, int] = {}
+    for n in graph.nodes:
+        for v in n.outputs:
+            made_by[v.name] = n.name
+        for v in n.inputs:
+            readers[v.name] = readers.get(v.name, 0) + 1
+    absorbed: set[str] = set()
+    loose: set[str] = set()
+    for n in graph.nodes:
+        if n.op in VIEW_OPS:
+            continue
+        if n.op in MAC_OPS:
+            absorbed.add(n.name)  # a layer: what follows it may fuse into it
+            continue
+        if n.op in FUSABLE_OPS and any(
+                readers.get(v.name) == 1 and made_by.get(v.name) in absorbed
+                for v in n.inputs):
+            absorbed.add(n.name)
+        else:
+            loose.add(n.name)
+    return loose
+
+
+def loose_bytes(graph, cost) -> float:  # noqa: ANN001
+    """Bytes read+written by loose_nodes(graph)."""
+    loose = loose_nodes(graph)
+    return float(sum(c.read_bytes + c.act_bytes for c in cost.nodes if c.node in loose))
+
+
 def unaligned_layers(graph, cost, block: int) -> int:  # noqa: ANN001
     """How many MAC layers mac_kind(node, block) calls unaligned."""
     return _macs_by_kind(graph, cost, block)[1]
@@ -110,7 +153,7 @@ def measured_run(name: str, graph, cost, latency_s: float,  # noqa: ANN001
     """A Run of a measured graph, its MACs split by ``block``."""
     macs, unaligned = _macs_by_kind(graph, cost, block)
     return Run(name, macs, *_moved_and_nodes(graph, cost), latency_s,
-               unaligned_layers=unaligned)
+               unaligned_layers=unaligned, loose_bytes=loose_bytes(graph, cost))
 
 
 @dataclass
@@ -143,8 +186,8 @@ def fit_latency(runs: list[Run], block: int = 1) -> tuple[dict, list[FitRow]]:
     its measured latency, so a 2 ms model counts as much as a 200 ms one. ``block``: the
     channel block the runs' MACs were split by (features(..., block)), kept in the model."""
     # columns: MAC_KINDS, then LATENCY_TERMS
-    a = np.array([[*r.mac_vector(), r.bytes, r.nodes, r.unaligned_layers] for r in runs],
-                 dtype=float)
+    a = np.array([[*r.mac_vector(), r.bytes, r.nodes, r.unaligned_layers, r.loose_bytes]
+                  for r in runs], dtype=float)
     y = np.array([r.latency_s for r in runs])
     if (y <= 0).any():
         raise ProfileError("calibration needs positive measured latencies")
@@ -190,16 +233,18 @@ def fit_layer_latency(runs: list[Run]) -> tuple[dict[str, float], list[FitRow]]:
     return model, [FitRow(r.name, r.latency_s, float(p)) for r, p in zip(runs, a @ coef)]
 
 
-def latency_of(model: dict, kind: str, macs: float, moved: float, is_compute: bool) -> float:
+def latency_of(model: dict, kind: str, macs: float, moved: float, is_compute: bool,
+               loose: bool = False) -> float:
     """A node's latency under a fitted model; ``kind`` from mac_kind(node,
-    model["channel_block"])."""
+    model["channel_block"]); ``loose``: the node is in loose_nodes()."""
     per_mac = model["s_per_mac"]
     if isinstance(per_mac, dict):
         per_mac = per_mac.get(kind, per_mac.get(kind.removesuffix("_unaligned"),
                                                 per_mac.get("conv", 0.0)))
     unaligned = model.get("s_per_unaligned_layer", 0.0) if macs and \
         kind.endswith("_unaligned") else 0.0
-    return per_mac * macs + model["s_per_byte"] * moved + unaligned + \
+    per_byte = model["s_per_byte"] + (model.get("s_per_loose_byte", 0.0) if loose else 0.0)
+    return per_mac * macs + per_byte * moved + unaligned + \
         (model["s_per_node"] if is_compute else 0.0)
 
 
