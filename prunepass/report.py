@@ -31,7 +31,7 @@ def format_record(rec: Record, top_layers: int = 8) -> str:
     for name, sb, sa, nb, na in rows:
         change = f"{(na - nb) / nb * 100:+.1f}%" if nb else "-"
         lines.append(f"  {name:18}{sb:>14}{sa:>14}{change:>10}")
-    lines.append(f"  (counted from the IR for the example input shapes)")
+    lines.append("  (counted from the IR for the example input shapes)")
     lines += format_energy(rec)
     for p in rec.passes:
         ch = p.get("changes", {})
@@ -96,7 +96,7 @@ def format_energy(rec: Record, top: int = 5) -> list[str]:
                  f"{ea['latency_s'] * 1e3:>11.2f} ms")
     hot = sorted(rec.energy_nodes_before.items(), key=lambda kv: -kv[1][2])[:top]
     if hot:
-        lines.append(f"    hot spots before pruning (modelled):")
+        lines.append("    hot spots before pruning (modelled):")
         for name, (scope, op, e) in hot:
             after = rec.energy_nodes_after.get(name, [None, None, 0.0])[2]
             lines.append(f"      {(scope or name)[:40]:40} {op:10} {_energy_value(e, unit):>12}"

@@ -15,7 +15,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from prunepass.ir import ops
-from prunepass.ir.graph import Graph, Value
+from prunepass.ir.graph import Graph
 from prunepass.pm import AnalysisPass, register
 from prunepass.passes.rules import RULES, RuleContext
 
