@@ -29,6 +29,7 @@ import json
 import platform
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,8 @@ from prunepass.backends.measure.layer_latency import LayerLatency  # noqa: E402
 from prunepass.hardware.calibrate import (CHANNEL_BLOCKS, Run, calibrate,  # noqa: E402
                                           fit_aligned_latency, fit_latency,
                                           features, fit_layer_latency,
-                                          loose_bytes, unaligned_layers)
+                                          loose_bytes, predict_latency,
+                                          unaligned_layers)
 from prunepass.passes.analysis.channel_latency import layer_spec  # noqa: E402
 from prunepass.passes.analysis.cost import compute_cost  # noqa: E402
 
@@ -55,22 +57,23 @@ SPEED_SET = ["resnet18", "resnet50", "mobilenet_v2", "vgg16_bn", "densenet121",
              "efficientnet_b0", "convnext_tiny", "vit_b_16"]
 
 
-def predict(model: dict, row: dict) -> float:
-    """A calibrated latency model's prediction (s) for a benchmark row."""
-    block = str(model.get("channel_block", 1))
-    return (sum(model["s_per_mac"][k] * m for k, m in row["macs_by_block"][block].items())
-            + model["s_per_byte"] * row["bytes"] + model["s_per_node"] * row["nodes"]
-            + model["s_per_unaligned_layer"] * row["unaligned_by_block"][block]
-            + model["s_per_loose_byte"] * row["loose_bytes"])
+def run_of(row: dict, backend: str, block: int) -> Run:
+    """A benchmark row as a calibration run on ``backend``, MACs split by ``block``; its
+    layer_s is the layer table's sum."""
+    return Run(f"{row['model']}/{row['variant']}", row["macs_by_block"][str(block)],
+               row["bytes"], row["nodes"], row[f"{backend}_ms"] / 1e3,
+               layer_s=row[f"{backend}_layers_ms"] / 1e3,
+               unaligned_layers=row["unaligned_by_block"][str(block)],
+               loose_bytes=row["loose_bytes"])
 
 
 def runs_for(rows: list[dict], backend: str, block: int) -> list[Run]:
-    """The rows as calibration runs on ``backend``, MACs split by ``block``; each run's
-    layer_s is the layer table's sum."""
-    return [Run(f"{r['model']}/{r['variant']}", r["macs_by_block"][str(block)], r["bytes"],
-                r["nodes"], r[f"{backend}_ms"] / 1e3, layer_s=r[f"{backend}_layers_ms"] / 1e3,
-                unaligned_layers=r["unaligned_by_block"][str(block)],
-                loose_bytes=r["loose_bytes"]) for r in rows]
+    return [run_of(r, backend, block) for r in rows]
+
+
+def predict(model: dict, row: dict, backend: str) -> float:
+    """A calibrated latency model's prediction (s) for a benchmark row."""
+    return predict_latency(model, run_of(row, backend, model["channel_block"]))
 
 
 def fit_report(rows: list[dict], backend: str, in_sample: list, refit, predict_s) -> dict:  # noqa: ANN001
@@ -225,10 +228,12 @@ def main() -> None:
             "profile": str(path),
             "channel_block": cal.profile.extra["latency_model"]["channel_block"],
             **fit_report(rows, b, cal.latency, lambda train, b=b: fit_aligned_latency(
-                {k: runs_for(train, b, k) for k in CHANNEL_BLOCKS})[0], predict)}
+                {k: runs_for(train, b, k) for k in CHANNEL_BLOCKS})[0],
+                partial(predict, backend=b))}
         out["calibration_no_alignment"][b] = fit_report(
             rows, b, fit_latency(runs)[1],
-            lambda train, b=b: fit_latency(runs_for(train, b, 1))[0], predict)
+            lambda train, b=b: fit_latency(runs_for(train, b, 1))[0],
+            partial(predict, backend=b))
         table_model, table_fit = fit_layer_latency(runs)
         out["layer_table_calibration"][b] = {"model": table_model, **fit_report(
             rows, b, table_fit, lambda train, b=b: fit_layer_latency(runs_for(train, b, 1))[0],

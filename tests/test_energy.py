@@ -13,7 +13,7 @@ from prunepass.backends.measure.energy import RaplMeter, measure_energy, MeterUn
 from prunepass.frontends.torch import TorchModel
 from prunepass.hardware import ProfileError, available_profiles, load_profile
 from prunepass.hardware.calibrate import Run, calibrate, features, loose_bytes, loose_nodes, \
-    measured_run, unaligned_layers
+    measured_run, predict_latency, unaligned_layers
 from prunepass.passes.analysis.cost import compute_cost
 from prunepass.passes.analysis.energy import PJ_PER_J, compute_energy
 
@@ -166,6 +166,9 @@ def test_calibration_finds_the_channel_block_and_its_unaligned_cost():
         assert lm["s_per_mac"][k] == pytest.approx(v, rel=1e-3)
     assert lm["s_per_unaligned_layer"] == pytest.approx(s_unaligned, rel=1e-3)
     assert lm["s_per_loose_byte"] == pytest.approx(s_loose, rel=1e-3)
+    # the fitted model, applied to a whole run, gives what the fit reported for it
+    assert [predict_latency(lm, r) for r in aligned[8]] == pytest.approx(
+        [row.predicted for row in cal.latency], rel=1e-9)
     assert cal.mean_abs_pct_error("latency") < 1e-3
     plain = calibrate(load_profile("x86-epyc"), aligned[1], "synthetic")
     assert plain.mean_abs_pct_error("latency") > 1.0  # one cost per kind cannot fit this

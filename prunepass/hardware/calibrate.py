@@ -181,13 +181,25 @@ def mean_abs_pct_error(rows: list[FitRow]) -> float:
     return float(np.mean([abs(r.rel_error) for r in rows]) * 100) if rows else float("nan")
 
 
+def latency_features(run: Run) -> list[float]:
+    """The run's row of the latency fit: MACs by MAC_KINDS, then one value per
+    LATENCY_TERMS entry."""
+    return [*run.mac_vector(), run.bytes, run.nodes, run.unaligned_layers, run.loose_bytes]
+
+
+def predict_latency(model: dict, run: Run) -> float:
+    """A fitted latency model's prediction (s) for a whole run, its MACs split by the
+    model's channel_block."""
+    per_mac = model["s_per_mac"]
+    coef = [per_mac[k] for k in MAC_KINDS] + [model.get(t, 0.0) for t in LATENCY_TERMS]
+    return float(np.dot(latency_features(run), coef))
+
+
 def fit_latency(runs: list[Run], block: int = 1) -> tuple[dict, list[FitRow]]:
     """Coefficients minimising the squared *relative* errors: each run's row is divided by
     its measured latency, so a 2 ms model counts as much as a 200 ms one. ``block``: the
     channel block the runs' MACs were split by (features(..., block)), kept in the model."""
-    # columns: MAC_KINDS, then LATENCY_TERMS
-    a = np.array([[*r.mac_vector(), r.bytes, r.nodes, r.unaligned_layers, r.loose_bytes]
-                  for r in runs], dtype=float)
+    a = np.array([latency_features(r) for r in runs], dtype=float)
     y = np.array([r.latency_s for r in runs])
     if (y <= 0).any():
         raise ProfileError("calibration needs positive measured latencies")
