@@ -184,13 +184,14 @@ class LayerLatency:
         self.repeats, self.number = repeats, number
         self.cache = default_cache() if cache == "default" else (Path(cache) if cache else None)
         self.table_key = f"{backend} threads={threads} cpu={_cpu_name()}"
-        self._measure: Callable[..., float] = _MEASURE[backend]
         if backend == "tvm":
             set_tvm_threads(threads)
             self.table_key += f" trials={trials}"
-            self._measure = partial(_measure_tvm, trials=trials)
+            self._measure: Callable[..., float] = partial(_measure_tvm, trials=trials)
         elif trials:
             raise PrunepassError(f"trials are for the tvm backend; {backend} has no tuning")
+        else:
+            self._measure = _MEASURE[backend]
         self._table: dict[str, float] = _read(self.cache).get(self.table_key, {})
         self.measured = 0  # entries measured (not read from the cache) by this object
 
@@ -283,10 +284,10 @@ def _measure_ort(block: BlockSpec, threads: int, repeats: int, number: int) -> f
 
 def _measure_tvm(block: BlockSpec, threads: int, repeats: int, number: int, *,
                  trials: int) -> float:
-    """The block compiled by TVM for this CPU (through its ONNX form, as a pruned model's
-    ONNX export is compiled) and timed like the other backends. With ``trials``, each kernel is
-    first tuned with that many MetaSchedule trials into a database beside the cache, which a
-    model compiled later with the same database reuses for the kernels it shares."""
+    """The block compiled by TVM for this CPU from its ONNX form and timed like the other
+    backends. With ``trials``, each kernel is first tuned with that many MetaSchedule trials
+    into tvm_database(), which a model compiled later with that database reuses for any
+    kernel it shares (the same fused workload and shapes)."""
     import tempfile
     from prunepass.backends.tvm.compile import compile_model
     model, inputs = block_onnx(block)
@@ -345,7 +346,7 @@ def _measure_torch(block: BlockSpec, threads: int, repeats: int, number: int) ->
         torch.set_num_threads(previous)
 
 
-_MEASURE = {"ort": _measure_ort, "torch": _measure_torch, "tvm": _measure_tvm}
+_MEASURE = {"ort": _measure_ort, "torch": _measure_torch}  # tvm: _measure_tvm with its trials
 
 
 def _cpu_name() -> str:
