@@ -12,10 +12,10 @@ for comparison) or "calibrated" / "calibrated+hw" (the profile fitted by
 benchmarks/energy.py to this machine's onnxruntime latencies, with its cost for unaligned
 channel counts; --calibrated), then time the dense and pruned models in alternating rounds
 (T threads) on --backend (onnxruntime: their ONNX exports) and report the achieved latency
-ratio pruned / dense (median over rounds, IQR). With
---backend tvm the torch models are compiled (through torch.export, as tvm-model builds its
-plans) and tuned with --trials per kernel into the database the search filled, so a kernel
-the search tuned is not tuned again.
+ratio pruned / dense (median over rounds, IQR). With --backend tvm the torch models are
+compiled (through torch.export, as tvm-model builds its plans) and tuned with --trials per
+kernel into the database the search filled, so a kernel the search tuned is not tuned
+again.
 
     python benchmarks/latency_budget.py [--models resnet18,...] [--budgets 0.5,0.7]
         [--sources ort+hw,ort,profile,calibrated,calibrated+hw,tvm,tvm+hw,tvm-model]
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -40,7 +39,6 @@ import prunepass  # noqa: E402
 from prunepass.backends.measure.alternate import Spread, alternate  # noqa: E402
 from prunepass.backends.measure.layer_latency import tvm_database  # noqa: E402
 from prunepass.backends.measure.measure import runner  # noqa: E402
-from prunepass.backends.measure.torch_export import export_onnx  # noqa: E402
 
 
 def main() -> None:
@@ -68,43 +66,39 @@ def main() -> None:
         torch.manual_seed(0)
         model = randomize(torchvision.models.get_model(name, weights=None).eval())
         x = torch.randn(1, 3, 224, 224)
-        with tempfile.TemporaryDirectory() as tmp:
-            files = {"dense": export_onnx(model, (x,), Path(tmp) / "dense.onnx")}
-            modules = {"dense": model}
-            predicted, pipelines, searched = {}, {}, {}
-            for src in args.sources.split(","):
-                for b in (float(v) for v in args.budgets.split(",")):
-                    key = f"{src}@{b}x"
-                    base = src.removesuffix("+hw")
-                    timer = "tvm" if base.startswith("tvm") else "ort"  # where layers are timed
-                    hw = f",hw-round={timer}" if src.endswith("+hw") else ""
-                    source = ("latency-source=profile,profile=" + args.calibrated
-                              if base == "calibrated" else f"latency-source={base}")
-                    trials = f",hw-trials={args.trials}" if timer == "tvm" else ""
-                    pipeline = (f"prune-channels<target-latency-ms={b}x,{source}{hw},"
-                                f"hw-threads={args.threads}{trials}>,dce")
-                    try:
-                        res = prunepass.prune(model, (x,), pipeline)
-                    except prunepass.PlanError as e:  # an infeasible budget: say so, go on
-                        rows.append({"model": name, "source": src, "requested": b,
-                                     "pipeline": pipeline, "infeasible": str(e)})
-                        print(f"{name:16} {src:13} requested {b:.2f}x  infeasible: {e}")
-                        continue
-                    budget = res.record.passes[0]["changes"]["budget"]
-                    predicted[key] = (b, budget["achieved"] / budget["dense"],
-                                      res.record.cost_after["macs"] / res.record.cost_before["macs"])
-                    searched[key] = {k: budget[k] for k in ("dense", "achieved", "evaluations")}
-                    pipelines[key] = pipeline
-                    files[key] = export_onnx(res.model, (x,), Path(tmp) / f"{key}.onnx")
-                    modules[key] = res.model
-            if args.backend == "ort":
-                runners = {k: runner("ort", f, (x,), threads=args.threads)
-                           for k, f in files.items()}
-            else:  # the torch models, through torch.export, as tvm-model builds its plans
-                runners = {k: runner("tvm", m, (x,), max_trials_per_task=args.trials or None,
-                                     database=tvm_database() if args.trials else None)
-                           for k, m in modules.items()}
-            rounds = alternate(runners, rounds=args.rounds, repeats=5, number=1)
+        modules = {"dense": model}
+        predicted, pipelines, searched = {}, {}, {}
+        for src in args.sources.split(","):
+            for b in (float(v) for v in args.budgets.split(",")):
+                key = f"{src}@{b}x"
+                base = src.removesuffix("+hw")
+                timer = "tvm" if base.startswith("tvm") else "ort"  # where layers are timed
+                hw = f",hw-round={timer}" if src.endswith("+hw") else ""
+                source = ("latency-source=profile,profile=" + args.calibrated
+                          if base == "calibrated" else f"latency-source={base}")
+                trials = f",hw-trials={args.trials}" if timer == "tvm" else ""
+                pipeline = (f"prune-channels<target-latency-ms={b}x,{source}{hw},"
+                            f"hw-threads={args.threads}{trials}>,dce")
+                try:
+                    res = prunepass.prune(model, (x,), pipeline)
+                except prunepass.PlanError as e:  # an infeasible budget: say so, go on
+                    rows.append({"model": name, "source": src, "requested": b,
+                                 "pipeline": pipeline, "infeasible": str(e)})
+                    print(f"{name:16} {src:13} requested {b:.2f}x  infeasible: {e}")
+                    continue
+                budget = res.record.passes[0]["changes"]["budget"]
+                predicted[key] = (b, budget["achieved"] / budget["dense"],
+                                  res.record.cost_after["macs"] / res.record.cost_before["macs"])
+                searched[key] = {k: budget[k] for k in ("dense", "achieved", "evaluations")}
+                pipelines[key] = pipeline
+                modules[key] = res.model
+        # onnxruntime: each model's ONNX export; tvm: the torch models through torch.export,
+        # as tvm-model builds its plans
+        options = ({"threads": args.threads} if args.backend == "ort" else
+                   {"max_trials_per_task": args.trials or None,
+                    "database": tvm_database() if args.trials else None})
+        runners = {k: runner(args.backend, m, (x,), **options) for k, m in modules.items()}
+        rounds = alternate(runners, rounds=args.rounds, repeats=5, number=1)
         for key, (b, pred, macs) in predicted.items():
             ratio = Spread.of([p / d for p, d in zip(rounds[key], rounds["dense"])])
             row = {"model": name, "source": key.split("@")[0], "requested": b,
