@@ -6,6 +6,8 @@ prunings are compared with the dense model:
   hw        prune-channels<ratio=R,hw-round=ort,hw-threads=T>
             each group's count snapped to the latency staircase of its layers, measured
             in onnxruntime on this machine (the channel-latency analysis)
+  hw-tvm    the same with the layers compiled and tuned by TVM (--trials-per-task trials
+            per kernel; opt in with --variants uniform,hw,hw-tvm)
 Backends (all measured here, same inputs):
   torch     eager, torch.set_num_threads(T)
   ort       onnxruntime, T intra-op threads, on the torch-exported pruned model
@@ -57,9 +59,14 @@ SPEED_SET = ["resnet18", "resnet50", "mobilenet_v2", "vgg16_bn", "densenet121",
 ROUTES = {"ort": "torch", "ort-onnx": "onnx"}  # onnxruntime on which route's file
 
 
-def pipelines(ratio: float, threads: int) -> dict[str, str]:
+def pipelines(ratio: float, threads: int, trials: int) -> dict[str, str]:
     return {"uniform": f"prune-channels<ratio={ratio}>,dce",
-            "hw": f"prune-channels<ratio={ratio},hw-round=ort,hw-threads={threads}>,dce"}
+            "hw": f"prune-channels<ratio={ratio},hw-round=ort,hw-threads={threads}>,dce",
+            "hw-tvm": f"prune-channels<ratio={ratio},hw-round=tvm,hw-threads={threads},"
+                      f"hw-trials={trials}>,dce"}
+
+
+KINDS = list(pipelines(0.5, 1, 1))
 
 
 def cost_row(adapter) -> dict:  # noqa: ANN001
@@ -94,7 +101,7 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     variants = {"dense": {"module": model, "onnx": dense_onnx, "onnx_route": dense_onnx,
                           **cost_row(prunepass.load(model, (x,)))}}
     for ratio in (float(r) for r in args.ratios.split(",")):
-        for kind, pipeline in pipelines(ratio, args.threads).items():
+        for kind, pipeline in pipelines(ratio, args.threads, args.trials_per_task).items():
             if kind not in args.variants.split(","):
                 continue
             key = f"{kind}@{ratio}"
@@ -172,7 +179,7 @@ def print_table(rows: list[dict], backends: list[str]) -> None:
 def summary(rows: list[dict], backends: list[str]) -> dict:
     out = {}
     for b in backends:
-        for kind in ("uniform", "hw"):
+        for kind in KINDS:
             cells = [v[b] for r in rows for k, v in r["variants"].items()
                      if k.startswith(kind + "@") and b in v]
             if not cells:
@@ -191,7 +198,7 @@ def plot(rows: list[dict], backends: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(backends), figsize=(5 * len(backends), 4.5), squeeze=False)
     for ax, b in zip(axes[0], backends):
-        for kind, marker in (("uniform", "o"), ("hw", "^")):
+        for kind, marker in zip(KINDS, "o^s"):
             pts = [(v["macs_reduction"], v[b]["speedup"]["median"], r["model"])
                    for r in rows for k, v in r["variants"].items()
                    if k.startswith(kind + "@") and b in v]
@@ -213,7 +220,8 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(SPEED_SET))
     ap.add_argument("--ratios", default="0.3,0.5")
     ap.add_argument("--backends", default="torch,ort,ort-onnx")
-    ap.add_argument("--variants", default="uniform,hw", help="prunings to compare with dense")
+    ap.add_argument("--variants", default="uniform,hw", help=f"prunings to compare with dense, "
+                    f"of {','.join(KINDS)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--repeats", type=int, default=5)
@@ -223,6 +231,9 @@ def main() -> None:
                     "for the models measured now are replaced; the rest are kept, each "
                     "model's ratios still come from one process")
     args = ap.parse_args()
+    unknown = set(args.variants.split(",")) - set(KINDS)
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}; known: {', '.join(KINDS)}")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     # TVM's pool threads spin after a run and slow the next runner of the rotation

@@ -22,7 +22,8 @@ import prunepass  # noqa: E402
 from prunepass.backends.tvm import (CorruptDatabaseWarning, TuningInterrupted,  # noqa: E402
                                     compile_model, lower_model, prepare, resolve_target,
                                     tune_model)
-from prunepass.backends.tvm.database import RECORDS, WORKLOADS, database_dir  # noqa: E402
+from prunepass.backends.tvm.database import (RECORDS, WORKLOADS, database_dir,  # noqa: E402
+                                             open_database)
 from prunepass.testing import randomize  # noqa: E402
 
 TRIALS_PER_KERNEL = 2
@@ -133,3 +134,25 @@ def test_garbage_database_starts_fresh_beside_the_old_one(tmp_path):
     assert "0 record(s)" in report.notes[0]
     assert (folder / RECORDS).read_text() == ""
     assert [p.name.startswith("corrupt-") for p in folder.iterdir() if p.is_dir()] == [True]
+
+
+def test_a_database_is_read_once_per_process_until_another_writer_changes_it(tuned, tmp_path):
+    _, folder = tuned
+    spec = resolve_target("x86")
+    copy = database_dir(tmp_path, spec)
+    shutil.copytree(folder, copy)
+    first, _ = open_database(copy)
+    assert open_database(copy)[0].same_as(first)
+    before = len(first)
+    # Tuning one more trial per kernel writes through the open database: still no re-read.
+    mod = prepare(lower_model(pruned_mlp(0), X).mod, spec)
+    db, report = tune_model(mod, spec, tmp_path, trials=1,
+                            max_trials_per_task=TRIALS_PER_KERNEL + 1, progress=False)
+    assert report.measured > 0 and db.same_as(first)
+    assert open_database(copy)[0].same_as(first) and len(first) == before + report.measured
+    # Another process appends a record: the files changed, so they are read again.
+    line = (copy / RECORDS).read_text().splitlines()[0]
+    with open(copy / RECORDS, "a") as f:
+        f.write(line + "\n")
+    fresh, _ = open_database(copy)
+    assert not fresh.same_as(first) and len(fresh) == before + report.measured + 1

@@ -3,7 +3,11 @@ workload (the structural hash of each fused kernel), so any model with the same 
 e.g. a model pruned the same way, reuses what was measured.
 
 A database that cannot be read is moved aside (its readable lines are kept in the fresh one)
-and the caller is told: tuning never silently starts from nothing."""
+and the caller is told: tuning never silently starts from nothing.
+
+Reading one costs about 40 ms per workload here (each is a serialized TIR function that is
+parsed and hashed; 17 s for 454), so a process keeps the databases it opened and reads a file
+again only when something other than this process changed it."""
 from __future__ import annotations
 
 import json
@@ -22,6 +26,9 @@ WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 EXHAUSTED = "exhausted_workloads.json"  # ours, beside MetaSchedule's two files
 
+Stamp = tuple[tuple[int, int], ...]
+_OPENED: dict[Path, tuple[Any, Stamp]] = {}  # folder -> (database, its files when last in sync)
+
 
 def database_dir(root: str | Path, spec: TargetSpec) -> Path:
     """Records only apply to the target they were measured on: one folder per target."""
@@ -29,11 +36,42 @@ def database_dir(root: str | Path, spec: TargetSpec) -> Path:
 
 
 def open_database(folder: str | Path) -> tuple[Any, list[str]]:
-    """Open (or create) the JSONDatabase in ``folder``. Returns the database and notes on what
+    """Open (or create) the JSONDatabase in ``folder``, or return the one this process already
+    opened there if its files have not changed since. Returns the database and notes on what
     was repaired, if anything."""
+    folder = Path(folder).resolve()
+    opened = _OPENED.get(folder)
+    if opened is not None and opened[1] == _stamp(folder):
+        return opened[0], []
+    db, notes = _read_database(folder)
+    _OPENED[folder] = (db, _stamp(folder))
+    return db, notes
+
+
+def database_synced(folder: str | Path) -> None:
+    """Call after this process wrote to the database in ``folder`` (tuning commits records
+    through the open database, which already holds them), so that the next open_database
+    keeps it instead of reading the files again."""
+    folder = Path(folder).resolve()
+    if folder in _OPENED:
+        _OPENED[folder] = (_OPENED[folder][0], _stamp(folder))
+
+
+def _stamp(folder: Path) -> Stamp:
+    """Size and modification time of the database files: what changes when anyone writes."""
+    stamps = []
+    for name in (WORKLOADS, RECORDS):
+        try:
+            st = (folder / name).stat()
+            stamps.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append((-1, -1))
+    return tuple(stamps)
+
+
+def _read_database(folder: Path) -> tuple[Any, list[str]]:
     import tvm.s_tir.meta_schedule as ms
 
-    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         return ms.database.JSONDatabase(work_dir=str(folder)), []

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from prunepass.backends.tvm.database import (database_dir, exhausted_workloads,
-                                             mark_exhausted, measured_per_workload,
-                                             open_database, workload_hash)
+from prunepass.backends.tvm.database import (database_dir, database_synced,
+                                             exhausted_workloads, mark_exhausted,
+                                             measured_per_workload, open_database,
+                                             workload_hash)
 from prunepass.backends.tvm.dependency import check_tuning_dependencies
 from prunepass.backends.tvm.errors import TargetError, TuningInterrupted
 from prunepass.backends.tvm.rpc import RPCTracker, wait_for_device
@@ -109,6 +110,7 @@ def tune_model(mod: Any, spec: TargetSpec, database: str | Path, *, trials: int,
         raise
     finally:
         bar.close()
+    database_synced(folder)  # only after a whole run: one cut short is read again from disk
     report.measured = len(db) - before
     # A finished search that measured less than its share found no more candidates.
     measured = measured_per_workload(db)
