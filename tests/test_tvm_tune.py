@@ -22,6 +22,7 @@ import prunepass  # noqa: E402
 from prunepass.backends.tvm import (CorruptDatabaseWarning, TuningInterrupted,  # noqa: E402
                                     compile_model, lower_model, prepare, resolve_target,
                                     tune_model)
+from prunepass.backends.tvm.cost_model import COST_MODEL, open_cost_model  # noqa: E402
 from prunepass.backends.tvm.database import (RECORDS, WORKLOADS, database_dir,  # noqa: E402
                                              open_database)
 from prunepass.testing import randomize  # noqa: E402
@@ -156,3 +157,29 @@ def test_a_database_is_read_once_per_process_until_another_writer_changes_it(tun
         f.write(line + "\n")
     fresh, _ = open_database(copy)
     assert not fresh.same_as(first) and len(fresh) == before + report.measured + 1
+
+
+def successful_records(folder: Path) -> int:
+    import json
+    return sum(bool(json.loads(line)[1][1]) for line in
+               (folder / RECORDS).read_text().splitlines())  # [workload, [trace, run_secs, ...]]
+
+
+def test_the_cost_model_is_kept_beside_the_database(tuned, tmp_path):
+    _, folder = tuned
+    spec = resolve_target("x86")
+    # Saved by the fixture's tuning run, holding every schedule it measured.
+    model, notes = open_cost_model(folder, open_database(folder)[0], spec.target)
+    assert (folder / COST_MODEL).exists() and notes == []
+    assert model.data_size == successful_records(folder) > 0
+    # A database without one trains one from its records, once.
+    copy = database_dir(tmp_path, spec)
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(COST_MODEL))
+    model, notes = open_cost_model(copy, open_database(copy)[0], spec.target)
+    assert model.data_size == successful_records(folder) and model.booster is not None
+    assert "trained the tuning cost model on" in notes[0]
+    # A file that cannot be read is replaced the same way, and the caller is told.
+    (copy / COST_MODEL).write_bytes(b"not a tar")
+    with pytest.warns(CorruptDatabaseWarning, match="could not be read"):
+        model, notes = open_cost_model(copy, open_database(copy)[0], spec.target)
+    assert model.data_size == successful_records(folder) and len(notes) == 2

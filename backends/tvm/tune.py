@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from prunepass.backends.tvm.cost_model import open_cost_model, save_cost_model
 from prunepass.backends.tvm.database import (database_dir, database_synced,
                                              exhausted_workloads, mark_exhausted,
                                              measured_per_workload, open_database,
@@ -91,6 +92,8 @@ def tune_model(mod: Any, spec: TargetSpec, database: str | Path, *, trials: int,
         with _unnamed_handlers_removed():
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 pending, work_dir=str(folder), strategy=_search(per_task), seed=seed)
+        cost_model, cost_notes = open_cost_model(folder, db, spec.target)
+    report.notes += cost_notes
     before = len(db)
     bar = tqdm(total=per_task * len(contexts), unit="trial", disable=not progress,
                desc=f"tuning {len(contexts)} kernels for {spec.name}")
@@ -100,7 +103,7 @@ def tune_model(mod: Any, spec: TargetSpec, database: str | Path, *, trials: int,
                 tasks=contexts, task_weights=weights, work_dir=str(folder),
                 max_trials_global=per_task * len(contexts), max_trials_per_task=per_task,
                 num_trials_per_iter=min(per_task, MAX_TRIALS_PER_BATCH),
-                builder=_builder(), runner=runner, database=db,
+                builder=_builder(), runner=runner, database=db, cost_model=cost_model,
                 measure_callbacks=[*ms.MeasureCallback.create("default"), _progress(bar),
                                    *callbacks])
     except (KeyboardInterrupt, Exception) as err:
@@ -110,6 +113,7 @@ def tune_model(mod: Any, spec: TargetSpec, database: str | Path, *, trials: int,
         raise
     finally:
         bar.close()
+        save_cost_model(cost_model, folder)  # it learnt from what was measured, cut short or not
     database_synced(folder)  # only after a whole run: one cut short is read again from disk
     report.measured = len(db) - before
     # A finished search that measured less than its share found no more candidates.
