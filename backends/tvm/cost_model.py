@@ -23,7 +23,8 @@ COST_MODEL = "cost_model.tar"  # XGBModel.save's format: the booster and its tra
 _LOADED: dict[Path, tuple[Any, int]] = {}  # folder -> (model, mtime of the file it matches)
 
 
-def open_cost_model(folder: Path, db: Any, target: Any) -> tuple[Any, list[str]]:
+def open_cost_model(folder: Path, db: Any, target: Any,
+                    progress: bool = False) -> tuple[Any, list[str]]:
     """The cost model saved in ``folder``, or one trained on ``db``'s records when none was
     saved (or the saved one cannot be read). Returns the model and notes on what was done."""
     import tvm.s_tir.meta_schedule as ms
@@ -46,8 +47,8 @@ def open_cost_model(folder: Path, db: Any, target: Any) -> tuple[Any, list[str]]
                     f"training a new one on the database's records")
             warnings.warn(note, CorruptDatabaseWarning, stacklevel=2)
             model = ms.cost_model.XGBModel()
-            return model, [note, *_train_on_records(model, db, target)]
-    return model, _train_on_records(model, db, target)
+            return model, [note, *_train_on_records(model, db, target, progress)]
+    return model, _train_on_records(model, db, target, progress)
 
 
 def save_cost_model(model: Any, folder: Path) -> None:
@@ -72,10 +73,11 @@ def _xgboost_format_notes_hidden() -> Iterator[None]:
         yield
 
 
-def _train_on_records(model: Any, db: Any, target: Any) -> list[str]:
+def _train_on_records(model: Any, db: Any, target: Any, progress: bool) -> list[str]:
     """Feed every successful record of ``db`` to ``model``, one batch per workload as the
     tuner would have when they were measured, and train once at the end."""
     import tvm.s_tir.meta_schedule as ms
+    from tqdm import tqdm
 
     by_workload: dict[int, tuple[Any, list[Any]]] = {}
     for record in db.get_all_tuning_records():
@@ -85,7 +87,9 @@ def _train_on_records(model: Any, db: Any, target: Any) -> list[str]:
     if not by_workload:
         return []
     model.last_train_size = float("inf")  # update() retrains once data grew by a fifth of it
-    for index, (workload, records) in enumerate(by_workload.values()):
+    batches = tqdm(by_workload.values(), desc="training the tuning cost model", unit="kernel",
+                   disable=not progress)
+    for index, (workload, records) in enumerate(batches):
         if index == len(by_workload) - 1:
             model.adaptive_training = False  # the last batch trains on everything
         context = ms.TuneContext(mod=workload.mod, target=target, num_threads=1)

@@ -89,10 +89,11 @@ def tune_model(mod: Any, spec: TargetSpec, database: str | Path, *, trials: int,
     with _quiet_console():
         runner = _runner(rpc)  # before the slow import below: a dead tracker fails fast
         import_tensor_intrinsics()
-        with _unnamed_handlers_removed():
+        with _unnamed_handlers_removed(), _new_console_quiet():
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 pending, work_dir=str(folder), strategy=_search(per_task), seed=seed)
-        cost_model, cost_notes = open_cost_model(folder, db, spec.target)
+    with _quiet_console():
+        cost_model, cost_notes = open_cost_model(folder, db, spec.target, progress=progress)
     report.notes += cost_notes
     before = len(db)
     bar = tqdm(total=per_task * len(contexts), unit="trial", disable=not progress,
@@ -113,7 +114,8 @@ def tune_model(mod: Any, spec: TargetSpec, database: str | Path, *, trials: int,
         raise
     finally:
         bar.close()
-        save_cost_model(cost_model, folder)  # it learnt from what was measured, cut short or not
+        with _quiet_console():  # it learnt from what was measured, cut short or not
+            save_cost_model(cost_model, folder)
     database_synced(folder)  # only after a whole run: one cut short is read again from disk
     report.measured = len(db) - before
     # A finished search that measured less than its share found no more candidates.
@@ -256,6 +258,22 @@ def _sigint_seen() -> Iterator[list[bool]]:
         yield seen
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _new_console_quiet() -> Iterator[None]:
+    """MetaSchedule replaces its console handler whenever it makes task contexts, at its
+    logger's level then (DEBUG once it has run), and prints the log folder through it; with
+    the logger at WARNING meanwhile the new handler starts at WARNING. MetaSchedule sets the
+    logger itself back to DEBUG, so its log files keep everything."""
+    logger = logging.getLogger(MS_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        if logger.level == logging.WARNING:  # no handler was made: leave it as it was
+            logger.setLevel(level)
 
 
 @contextmanager
