@@ -45,7 +45,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, randomize, write_json  # noqa: E402
+from common import RESULTS, randomize, tvm_runtime_threads, write_json  # noqa: E402
 
 import prunepass  # noqa: E402
 from prunepass.backends.measure.alternate import Spread, alternate, speedup  # noqa: E402
@@ -235,10 +235,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; known: {', '.join(KINDS)}")
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
-    # TVM's pool threads spin after a run and slow the next runner of the rotation
-    # (measured: onnxruntime's resnet18 at 23.8 ms instead of 9.5 ms between TVM runs)
-    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+    tvm_runtime_threads(args.threads)
     backends = args.backends.split(",")
     rows = []  # with --into, the previous rows of the models not measured now
     if args.into:

@@ -16,7 +16,6 @@ Writes benchmarks/results/tvm_cost_model.json.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shutil
 import sys
@@ -28,7 +27,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import randomize, write_json  # noqa: E402
+from common import randomize, tvm_runtime_threads, write_json  # noqa: E402
 
 import prunepass  # noqa: E402
 from prunepass.backends.measure.alternate import Spread, alternate, speedup  # noqa: E402
@@ -88,8 +87,7 @@ def main() -> None:
                  f"(e.g. prune with hw-round=tvm, or prunepass compile --trials ... --database "
                  f"{args.source})")
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
-    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")  # see speed.py
+    tvm_runtime_threads(args.threads)
     rows = []
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory(prefix="prunepass-costmodel-") as tmp:

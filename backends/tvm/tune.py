@@ -92,7 +92,6 @@ def tune_model(mod: Any, spec: TargetSpec, database: str | Path, *, trials: int,
         with _unnamed_handlers_removed(), _new_console_quiet():
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 pending, work_dir=str(folder), strategy=_search(per_task), seed=seed)
-    with _quiet_console():
         cost_model, cost_notes = open_cost_model(folder, db, spec.target, progress=progress)
     report.notes += cost_notes
     before = len(db)
