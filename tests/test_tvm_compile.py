@@ -192,6 +192,17 @@ def test_unreadable_onnx_file_is_a_backend_error(tmp_path):
         lower_model(path)
 
 
+def test_a_model_tvm_cannot_build_is_a_backend_error(pruned):
+    from tvm import relax
+    from prunepass.backends.tvm.compile import build, prepare
+    spec = resolve_target("x86")
+    mod = prepare(lower_model(*pruned).mod, spec)
+    # Relax has no lowering for a convolution in a blocked layout: the build fails in codegen.
+    blocked = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NCHW8c", "OIHW8i8o"]})(mod)
+    with pytest.raises(BackendError, match=r"could not build the model for x86: .*conv2d"):
+        build(blocked, spec)
+
+
 def test_wrong_input_shape_is_refused(pruned, tmp_path):
     model, x = pruned
     run = compile_model(model, x, "x86", tmp_path).load()

@@ -3,6 +3,7 @@ lower -> (tune) -> build -> export_library, with a JSON description beside it.""
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,9 +100,18 @@ def build(mod: Any, spec: TargetSpec, database: Any | None = None) -> Any:
         if database is None:
             return tvm.compile(mod, target=spec.target)
         return ms.relax_integration.compile_relax(database, mod, spec.target, params=None)
-    except tvm.error.TVMError as err:
+    except Exception as err:  # TVM raises InternalError, ValueError, TypeError, ...
         raise BackendError(f"TVM could not build the model for {spec.name}: "
-                           f"{str(err).splitlines()[0]}") from err
+                           f"{_build_failure(str(err))}") from err
+
+
+def _build_failure(message: str) -> str:
+    """TVM's first line, and the operator it names on a later "Offending call:" line."""
+    lines = message.splitlines() or [""]
+    call = next((lines[i + 1] for i, line in enumerate(lines[:-1])
+                 if line.startswith("Offending call")), "")
+    op = re.match(r"\s*([\w.]+)\(", call)
+    return lines[0] + (f" (operator {op.group(1)})" if op else "")
 
 
 def export(executable: Any, spec: TargetSpec, path: Path) -> None:
