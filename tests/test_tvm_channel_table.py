@@ -100,6 +100,32 @@ def test_a_layer_timed_on_tvm_with_trials_keeps_its_tuning_records(tmp_path, mon
     assert LayerLatency("tvm", trials=0).table_key != again.table_key  # untuned: its own table
 
 
+def test_layers_timed_on_tvm_together_are_tuned_in_one_call(tmp_path, monkeypatch):
+    import importlib
+
+    from prunepass.backends.measure.layer_latency import LayerLatency, LayerSpec
+    monkeypatch.setenv("PRUNEPASS_CACHE", str(tmp_path))
+    calls = []
+
+    def spy(module):  # the real tune_model, its calls noted
+        real = module.tune_model
+
+        def tune_model(mod, *args, **kwargs):
+            db, report = real(mod, *args, **kwargs)
+            calls.append((len(mod) if isinstance(mod, list) else 1, report))
+            return db, report
+        monkeypatch.setattr(module, "tune_model", tune_model)
+
+    spy(importlib.import_module("prunepass.backends.tvm.tune"))
+    spy(importlib.import_module("prunepass.backends.tvm.compile"))
+    specs = [LayerSpec("conv2d", 8, count, 8, 8, 3, 3, padding=(1, 1)) for count in (6, 8)]
+    timer = LayerLatency("tvm", trials=1, repeats=3, number=1)
+    assert all(ms > 0 for ms in timer.many(specs)) and timer.measured == 2
+    (blocks, tuning), *builds = calls
+    assert blocks == 2 and len(tuning.tasks) == 2 and tuning.measured == 2
+    assert [(n, r.measured, len(r.reused)) for n, r in builds] == [(1, 0, 1), (1, 0, 1)]
+
+
 def test_a_block_compiled_by_tvm_computes_what_onnxruntime_computes(tmp_path, monkeypatch):
     """hw-round=tvm times blocks of layers: the block's ONNX form, compiled by TVM, gives
     onnxruntime's outputs, and is timed."""

@@ -71,6 +71,17 @@ def test_second_run_on_a_similarly_pruned_model_measures_nothing(tuned, tmp_path
     np.testing.assert_allclose(compiled.load()(*X)[0], ref, rtol=1e-4, atol=1e-4)
 
 
+def test_modules_tuned_together_share_their_kernels(tmp_path):
+    spec = resolve_target("x86")
+    mods = [prepare(lower_model(pruned_mlp(seed), X).mod, spec) for seed in (0, 1)]
+    wider = prepare(lower_model(nn.Sequential(nn.Linear(16, 12), nn.ReLU()).eval(), X).mod,
+                    spec)
+    _, report = tune_model(mods, spec, tmp_path, trials=0, progress=False)
+    assert len(report.tasks) == 3  # the same shapes: each kernel once
+    _, report = tune_model([*mods, wider], spec, tmp_path, trials=0, progress=False)
+    assert len(report.tasks) == 4  # the wider layer's matmul is another kernel
+
+
 def test_interrupted_tuning_keeps_what_it_measured(tmp_path):
     import tvm.s_tir.meta_schedule as ms
     from tvm.ir.utils import derived_object

@@ -181,6 +181,7 @@ class LayerLatency:
             raise PrunepassError(f"layer latency backend {backend!r}: use one of "
                                  f"{', '.join(BACKENDS)}")
         self.backend, self.threads = backend, threads
+        self._tune: Callable[[list[BlockSpec]], None] | None = None  # tvm: tunes blocks at once
         self.repeats, self.number = repeats, number
         self.cache = default_cache() if cache == "default" else (Path(cache) if cache else None)
         self.table_key = f"{backend} threads={threads} cpu={_cpu_name()}"
@@ -188,6 +189,8 @@ class LayerLatency:
             set_tvm_threads(threads)
             self.table_key += f" trials={trials}"
             self._measure: Callable[..., float] = partial(_measure_tvm, trials=trials)
+            if trials:
+                self._tune = partial(_tune_tvm, trials=trials)
         elif trials:
             raise PrunepassError(f"trials are for the tvm backend; {backend} has no tuning")
         else:
@@ -202,6 +205,8 @@ class LayerLatency:
         specs = list(specs)
         missing = [s for s in dict.fromkeys(specs) if s.key not in self._table]
         slow = self.backend == "tvm"  # seconds per entry: show them, save each
+        if self._tune is not None and len(missing) > 1:
+            self._tune([_block(s) for s in missing])  # then each build finds its schedules
         saved = time.monotonic()
         for i, s in enumerate(tqdm(missing, desc=f"timing layers on {self.backend}",
                                    unit="layer", disable=not slow or len(missing) < 2,
@@ -299,6 +304,19 @@ def _measure_tvm(block: BlockSpec, threads: int, repeats: int, number: int, *,
         args = loaded.to_device(list(_feed(inputs).values()))
         main = loaded.vm["main"]
         return _time(lambda: main(*args), repeats, number)
+
+
+def _tune_tvm(blocks: list[BlockSpec], *, trials: int) -> None:
+    """Tune the kernels of all ``blocks`` in one MetaSchedule call into tvm_database(): its
+    start (task contexts, builder and runner pools, the cost model) costs seconds, as much as
+    a small kernel's trials, and the candidate counts of a group are timed together."""
+    from prunepass.backends.tvm.compile import prepare
+    from prunepass.backends.tvm.lower import lower_model
+    from prunepass.backends.tvm.targets import resolve_target
+    from prunepass.backends.tvm.tune import tune_model
+    spec = resolve_target("x86")
+    mods = [prepare(lower_model(block_onnx(b)[0], None, "onnx").mod, spec) for b in blocks]
+    tune_model(mods, spec, tvm_database(), trials=0, max_trials_per_task=trials)
 
 
 def set_tvm_threads(threads: int) -> None:

@@ -50,12 +50,16 @@ class TuneReport:
                 f"{len(self.reused)} reused from {self.database}")
 
 
-def tune_model(mod: Any, spec: TargetSpec, database: str | Path, *, trials: int,
-               max_trials_per_task: int | None = None, rpc: RPCTracker | None = None,
-               progress: bool = True, seed: int | None = None,
+def tune_model(mod: Any | Sequence[Any], spec: TargetSpec, database: str | Path, *,
+               trials: int, max_trials_per_task: int | None = None,
+               rpc: RPCTracker | None = None, progress: bool = True, seed: int | None = None,
                callbacks: Sequence[Any] = ()) -> tuple[Any, TuneReport]:
-    """Tune the kernels of ``mod`` (a Relax IRModule from compile.prepare) for ``spec``;
-    return the database and a report.
+    """Tune the kernels of ``mod`` (a Relax IRModule from compile.prepare, or a list of them)
+    for ``spec``; return the database and a report.
+
+    A list is tuned in one call, each kernel shared between modules once: MetaSchedule's
+    start (task contexts, builder and runner pools, the cost model) costs seconds per call,
+    more than a few trials of a small kernel.
 
     trials: the whole budget; each kernel gets trials // kernels, at least 1, so none is left
         untuned; max_trials_per_task overrides that share. With neither, nothing is measured
@@ -75,7 +79,7 @@ def tune_model(mod: Any, spec: TargetSpec, database: str | Path, *, trials: int,
     folder = database_dir(database, spec)
     db, notes = open_database(folder)
     report = TuneReport(str(folder), notes=notes)
-    tasks = ms.relax_integration.extract_tasks(fuse(mod, spec), spec.target)
+    tasks = _extract_tasks(mod if isinstance(mod, (list, tuple)) else [mod], spec)
     report.tasks = [t.task_name for t in tasks]
     if not tasks or (trials <= 0 and not max_trials_per_task):
         return db, report
@@ -122,6 +126,16 @@ def tune_model(mod: Any, spec: TargetSpec, database: str | Path, *, trials: int,
     keys = (workload_hash(task.dispatched[0]) for task in pending)
     mark_exhausted(folder, {key for key in keys if measured[key] < per_task})
     return db, report
+
+
+def _extract_tasks(mods: Sequence[Any], spec: TargetSpec) -> list[Any]:
+    """The kernels of all ``mods``, each workload once."""
+    import tvm.s_tir.meta_schedule as ms
+    tasks: dict[int, Any] = {}
+    for mod in mods:
+        for task in ms.relax_integration.extract_tasks(fuse(mod, spec), spec.target):
+            tasks.setdefault(workload_hash(task.dispatched[0]), task)
+    return list(tasks.values())
 
 
 def _untuned(tasks: list[Any], db: Any, folder: Path, report: TuneReport) -> list[Any]:
