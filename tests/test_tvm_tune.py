@@ -148,7 +148,8 @@ def test_garbage_database_starts_fresh_beside_the_old_one(tmp_path):
     assert [p.name.startswith("corrupt-") for p in folder.iterdir() if p.is_dir()] == [True]
 
 
-def test_a_database_is_read_once_per_process_until_another_writer_changes_it(tuned, tmp_path):
+def test_a_database_is_read_once_per_process_until_another_writer_changes_it(tuned, tmp_path,
+                                                                            capfd):
     _, folder = tuned
     spec = resolve_target("x86")
     copy = database_dir(tmp_path, spec)
@@ -158,9 +159,12 @@ def test_a_database_is_read_once_per_process_until_another_writer_changes_it(tun
     before = len(first)
     # Tuning one more trial per kernel writes through the open database: still no re-read.
     mod = prepare(lower_model(pruned_mlp(0), X).mod, spec)
+    capfd.readouterr()
     db, report = tune_model(mod, spec, tmp_path, trials=1,
-                            max_trials_per_task=TRIALS_PER_KERNEL + 1, progress=False)
+                            max_trials_per_task=TRIALS_PER_KERNEL + 1, progress=True)
     assert report.measured > 0 and db.same_as(first)
+    # The bar counts the candidates built: every one of them was measured.
+    assert f"{report.measured}/{report.measured} " in capfd.readouterr().err
     assert open_database(copy)[0].same_as(first) and len(first) == before + report.measured
     # Another process appends a record: the files changed, so they are read again.
     line = (copy / RECORDS).read_text().splitlines()[0]
