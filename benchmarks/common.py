@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,37 @@ def tvm_runtime_threads(threads: int) -> None:
     onnxruntime's resnet18 at 23.8 ms instead of 9.5 ms between TVM runs)."""
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+
+
+def cost_model_file(root: str | Path | None = None) -> Path | None:
+    """The cost model kept in the tuning database ``root`` (default: the one layer timing on
+    TVM tunes into) for this CPU, or None when it has none."""
+    from prunepass.backends.measure.layer_latency import tvm_database
+    from prunepass.backends.tvm.cost_model import COST_MODEL
+    from prunepass.backends.tvm.database import database_dir
+    from prunepass.backends.tvm.targets import resolve_target
+    path = database_dir(root or tvm_database(), resolve_target("x86")) / COST_MODEL
+    return path if path.exists() else None
+
+
+def require_cost_model(root: str | Path) -> Path:
+    """cost_model_file(root), or exit saying how to make one."""
+    path = cost_model_file(root)
+    if path is None:
+        sys.exit(f"no cost model in {root}: tune something into it first (e.g. prune with "
+                 f"hw-round=tvm, or prunepass compile --trials ... --database {root})")
+    return path
+
+
+def seed_cost_model(database: Path, model: Path) -> None:
+    """Copy the cost model file ``model`` into the empty tuning database ``database`` for this
+    CPU, as a tuning run that carries one starts."""
+    from prunepass.backends.tvm.cost_model import COST_MODEL
+    from prunepass.backends.tvm.database import database_dir
+    from prunepass.backends.tvm.targets import resolve_target
+    folder = database_dir(database, resolve_target("x86"))
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model, folder / COST_MODEL)
 
 
 def write_json(name: str, data: Any) -> Path:

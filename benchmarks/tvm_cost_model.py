@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -27,15 +26,13 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import randomize, tvm_runtime_threads, write_json  # noqa: E402
+from common import (randomize, require_cost_model, seed_cost_model,  # noqa: E402
+                    tvm_runtime_threads, write_json)
 
 import prunepass  # noqa: E402
 from prunepass.backends.measure.alternate import Spread, alternate, speedup  # noqa: E402
 from prunepass.backends.measure.layer_latency import tvm_database  # noqa: E402
 from prunepass.backends.measure.measure import runner  # noqa: E402
-from prunepass.backends.tvm.cost_model import COST_MODEL  # noqa: E402
-from prunepass.backends.tvm.database import database_dir  # noqa: E402
-from prunepass.backends.tvm.targets import resolve_target  # noqa: E402
 
 
 def run_model(name: str, args: argparse.Namespace, source: Path, tmp: Path) -> dict:
@@ -47,9 +44,7 @@ def run_model(name: str, args: argparse.Namespace, source: Path, tmp: Path) -> d
     for arm in ("fresh", "carried"):
         db = tmp / f"db-{arm}"
         if arm == "carried":
-            folder = database_dir(db, resolve_target("x86"))
-            folder.mkdir(parents=True)
-            shutil.copy(source / COST_MODEL, folder / COST_MODEL)
+            seed_cost_model(db, source)
         t0 = time.perf_counter()
         runners[f"tvm-{arm}"] = runner("tvm", pruned, (x,), out_dir=tmp / arm, database=db,
                                        max_trials_per_task=args.trials_per_task)
@@ -81,11 +76,7 @@ def main() -> None:
                     help="tuning database root whose cost model is carried over")
     ap.add_argument("--out", default="tvm_cost_model.json")
     args = ap.parse_args()
-    source = database_dir(args.source, resolve_target("x86"))
-    if not (source / COST_MODEL).exists():
-        sys.exit(f"no cost model in {source}: tune something into {args.source} first "
-                 f"(e.g. prune with hw-round=tvm, or prunepass compile --trials ... --database "
-                 f"{args.source})")
+    source = require_cost_model(args.source)
     torch.set_num_threads(args.threads)
     tvm_runtime_threads(args.threads)
     rows = []
@@ -93,7 +84,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="prunepass-costmodel-") as tmp:
             rows.append(run_model(name, args, source, Path(tmp)))
         write_json(args.out, {"machine": platform.machine(), "threads": args.threads,
-                              "trials_per_task": args.trials_per_task, "source": str(source),
+                              "trials_per_task": args.trials_per_task, "source": args.source,
                               "rows": rows})
 
 
