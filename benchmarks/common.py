@@ -27,10 +27,13 @@ def rss_mb() -> float:
     return 0.0
 
 
-def tvm_runtime_threads(threads: int) -> None:
-    """Before TVM starts: its runtime's thread count, and no spinning after a run. Its pool
-    threads spin after a run and slow the next runner of an alternating rotation (measured:
-    onnxruntime's resnet18 at 23.8 ms instead of 9.5 ms between TVM runs)."""
+def torch_and_tvm_threads(threads: int) -> None:
+    """torch's intra-op threads, and before TVM starts, its runtime's thread count and no
+    spinning after a run. Its pool threads spin after a run and slow the next runner of an
+    alternating rotation (measured: onnxruntime's resnet18 at 23.8 ms instead of 9.5 ms
+    between TVM runs)."""
+    import torch
+    torch.set_num_threads(threads)
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
@@ -39,10 +42,7 @@ def cost_model_file(root: str | Path | None = None) -> Path | None:
     """The cost model kept in the tuning database ``root`` (default: the one layer timing on
     TVM tunes into) for this CPU, or None when it has none."""
     from prunepass.backends.measure.layer_latency import tvm_database
-    from prunepass.backends.tvm.cost_model import COST_MODEL
-    from prunepass.backends.tvm.database import database_dir
-    from prunepass.backends.tvm.targets import resolve_target
-    path = database_dir(root or tvm_database(), resolve_target("x86")) / COST_MODEL
+    path = _cost_model_path(root or tvm_database())
     return path if path.exists() else None
 
 
@@ -58,12 +58,17 @@ def require_cost_model(root: str | Path) -> Path:
 def seed_cost_model(database: Path, model: Path) -> None:
     """Copy the cost model file ``model`` into the empty tuning database ``database`` for this
     CPU, as a tuning run that carries one starts."""
+    path = _cost_model_path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model, path)
+
+
+def _cost_model_path(root: str | Path) -> Path:
+    """Where the tuning database ``root`` keeps its cost model for this CPU."""
     from prunepass.backends.tvm.cost_model import COST_MODEL
     from prunepass.backends.tvm.database import database_dir
     from prunepass.backends.tvm.targets import resolve_target
-    folder = database_dir(database, resolve_target("x86"))
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(model, folder / COST_MODEL)
+    return database_dir(root, resolve_target("x86")) / COST_MODEL
 
 
 def write_json(name: str, data: Any) -> Path:

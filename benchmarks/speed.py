@@ -18,7 +18,8 @@ Backends (all measured here, same inputs):
             variants are tuned together in one call into an empty database (the cost model
             of ~/.cache/prunepass/tvm-tuning carried in, when it has one), so dense and
             pruned get the same budget and search (a database kept between runs gave dense
-            resnet18 schedules tuned by an older, blind search: 56 ms against 14.6 ms pruned)
+            resnet18 schedules tuned by an older, blind search: 56 ms against 24 ms tuned
+            alike)
 Variants of one model are timed in alternating rounds in one process; every latency is the
 median over rounds (IQR beside it), every speedup the median of per-round ratios. Speed
 efficiency = speedup / MACs reduction (1.0: latency falls as fast as MACs).
@@ -49,7 +50,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (RESULTS, cost_model_file, randomize, seed_cost_model,  # noqa: E402
-                    tvm_runtime_threads, write_json)
+                    torch_and_tvm_threads, write_json)
 
 import prunepass  # noqa: E402
 from prunepass.backends.measure.alternate import Spread, alternate, speedup  # noqa: E402
@@ -257,8 +258,7 @@ def main() -> None:
     unknown = set(args.variants.split(",")) - set(KINDS)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; known: {', '.join(KINDS)}")
-    torch.set_num_threads(args.threads)
-    tvm_runtime_threads(args.threads)
+    torch_and_tvm_threads(args.threads)
     backends = args.backends.split(",")
     rows = []  # with --into, the previous rows of the models not measured now
     if args.into:

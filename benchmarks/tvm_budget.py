@@ -20,10 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (require_cost_model, seed_cost_model, tvm_runtime_threads,  # noqa: E402
+from common import (require_cost_model, seed_cost_model, torch_and_tvm_threads,  # noqa: E402
                     write_json)
 
 from prunepass.backends.measure.alternate import Spread, alternate, speedup  # noqa: E402
@@ -74,8 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     args.budgets = [int(b) for b in args.budgets.split(",")]
     source = require_cost_model(args.source)
-    torch.set_num_threads(args.threads)
-    tvm_runtime_threads(args.threads)
+    torch_and_tvm_threads(args.threads)
     rows = []
     for text in args.layers.split(","):
         with tempfile.TemporaryDirectory(prefix="prunepass-budget-") as tmp:

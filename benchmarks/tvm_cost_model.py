@@ -27,7 +27,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (randomize, require_cost_model, seed_cost_model,  # noqa: E402
-                    tvm_runtime_threads, write_json)
+                    torch_and_tvm_threads, write_json)
 
 import prunepass  # noqa: E402
 from prunepass.backends.measure.alternate import Spread, alternate, speedup  # noqa: E402
@@ -77,8 +77,7 @@ def main() -> None:
     ap.add_argument("--out", default="tvm_cost_model.json")
     args = ap.parse_args()
     source = require_cost_model(args.source)
-    torch.set_num_threads(args.threads)
-    tvm_runtime_threads(args.threads)
+    torch_and_tvm_threads(args.threads)
     rows = []
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory(prefix="prunepass-costmodel-") as tmp:

@@ -209,7 +209,7 @@ def _search(per_task: int) -> Any:
     return ms.search_strategy.EvolutionarySearch(population_size=population)
 
 
-def _builder(bar: Any = None) -> Any:
+def _builder(bar: Any) -> Any:
     """MetaSchedule's LocalBuilder with build_kernel, advancing ``bar`` (tqdm) by each batch
     it builds. Building is half a trial's time here (a conv's batch of 8: built in 3 s, run in
     2 s), and measurements reach measure callbacks only when the scheduler next visits their
@@ -222,8 +222,7 @@ def _builder(bar: Any = None) -> Any:
     class Builder(ms.builder.LocalBuilder._cls):
         def build(self, build_inputs: list[Any]) -> list[Any]:
             results = super().build(build_inputs)
-            if bar is not None:
-                bar.update(len(build_inputs))
+            bar.update(len(build_inputs))
             return results
 
     return Builder(timeout_sec=BUILD_TIMEOUT_S, f_build=build_kernel)
