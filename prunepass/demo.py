@@ -158,7 +158,9 @@ def main(quick: bool = False) -> int:
     if not quick:
         print("\n== 3. mobilenet_v2 pruned 0.3 in onnxruntime (2 threads): fewer MACs is not "
               "less time\n  (hw-round times each group's layers here at counts near the "
-              "requested one; the first run measures them: half a minute here)")
+              "requested one, the first run measures them: half a minute here; then the\n"
+              "  model with the snapped counts against the counts as asked, and keeps the "
+              "faster)")
         print(f"  {'variant':10} {'MACs':>10} {'latency ms':>11} {'speedup':>8} "
               f"{'energy mJ':>10}")
         for row in latency_demo():

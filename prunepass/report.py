@@ -43,6 +43,11 @@ def format_record(rec: Record, top_layers: int = 8) -> str:
                 extra += f" ({approx} approximate: norm statistics span their channels)"
             if "max_rel_error_vs_masked" in ch:
                 extra += f", max rel. error vs masked {ch['max_rel_error_vs_masked']:.1e}"
+            check = ch.get("hw_check", {})
+            if "snapped_ms" in check:
+                extra += (f"; hw-check kept the {check['kept']} counts (snapped "
+                          f"{check['snapped_ms']['median']:.2f} ms, as asked "
+                          f"{check['asked_ms']['median']:.2f} ms, measured)")
         elif "folded" in ch:
             extra = f"folded {len(ch['folded'])} batch norms"
         elif "removed_nodes" in ch:

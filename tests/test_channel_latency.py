@@ -116,7 +116,8 @@ def test_hw_round_prunes_onto_measured_steps_and_equals_the_masked_model(tmp_pat
                                                                        monkeypatch):
     monkeypatch.setenv("PRUNEPASS_CACHE", str(tmp_path))
     model = net()
-    pipeline = "prune-channels<ratio=0.3,hw-round=ort,hw-threads=1,hw-tolerance=0.0>,dce"
+    pipeline = ("prune-channels<ratio=0.3,hw-round=ort,hw-threads=1,hw-tolerance=0.0,"
+                "hw-check=false>,dce")
     res = prunepass.prune(model, X, pipeline, check_numerics=True)
     step = res.record.passes[0]
     assert step["changes"]["max_rel_error_vs_masked"] < 1e-5
@@ -193,7 +194,7 @@ def test_hw_round_makes_the_same_choices_on_the_torch_model_and_its_onnx_export(
     x = torch.randn(1, 10, 16)
     torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=True,
                       external_data=False)
-    pipeline = "prune-channels<ratio=0.3,hw-round=ort,hw-threads=1>,dce"
+    pipeline = "prune-channels<ratio=0.3,hw-round=ort,hw-threads=1,hw-check=false>,dce"
     routes = [prunepass.prune(model, (x,), pipeline),
               prunepass.prune(str(tmp_path / "m.onnx"), None, pipeline)]
     groups = [r.record.passes[0]["changes"]["groups"] for r in routes]
@@ -225,3 +226,72 @@ def test_a_consumer_of_a_concatenation_is_timed_with_all_its_inputs_scaled():
     assert [(s.cin, s.cout) for s in block.producers] == [(3, 4)]
     # c reads a's 8 and b's 24 channels: at half of a, b is assumed halved too (16 in all)
     assert [(s.cin, s.cout) for s in block.consumers] == [(16, 4)]
+
+
+def test_groups_read_together_snap_together_to_one_fraction():
+    """a (8 channels) and b (24) are concatenated into c. Each block times c with its whole
+    input scaled like the group; snapped alone, 3 of 8 and 9 of 24 would go to 4 and 8, and
+    c would read 12 channels, a count neither block was timed with."""
+    adapter = TorchModel.from_module(randomize(Concat().eval()), X)
+    cg = AnalysisManager(adapter).get("channel-groups")
+    timer = SteppedTimer()
+    table = ChannelLatency(adapter.graph, cg, timer)
+    g8, g24 = (next(g for g in cg.groups if g.size == n) for n in (8, 24))
+    assert table.read_together == [{g8.id, g24.id}]
+    opts = {"window": 0.15, "tolerance": 0.0}
+    assert (table.snap(g8, 3, **opts), table.snap(g24, 9, **opts)) == (4, 8)
+    # together: b follows a's fraction (a's candidates 2, 3, 4 -> b at 6, 9, 12), one batch
+    assert table.snap_many([(g8, 3), (g24, 9)], **opts) == [4, 12]
+    assert [(s.cout, s.cin) for b in timer.blocks for s in b.producers] == [
+        (2, 3), (3, 3), (4, 3), (6, 3), (9, 3), (12, 3)]
+    # asked for different fractions (a budget's global ranking), each moves alone
+    assert table.snap_many([(g8, 3), (g24, 15)], **opts) == [
+        table.snap(g8, 3, **opts), table.snap(g24, 15, **opts)]
+    assert table.snap_many([(g8, 8), (g24, 9)], **opts) == [8, table.snap(g24, 9, **opts)]
+
+
+@pytest.mark.parametrize("faster", ["snapped", "asked"])
+def test_hw_check_keeps_the_plan_whose_model_ran_faster(monkeypatch, faster):
+    """Both plans are built and timed as models; the record carries both timings."""
+    from prunepass.passes.transform import hw_check, prune_channels
+    monkeypatch.setattr(prune_channels, "hardware_snap",
+                        lambda am, opts: lambda reqs: [min(g.size, k + 2) for g, k in reqs])
+    timed = {}
+
+    def time_plans(model, keeps, backend, threads, trials, rounds=5):  # noqa: ANN001, ANN202
+        timed.update(keeps=keeps, backend=backend, threads=threads)
+        return {name: [1.0 if name == faster else 1.5] * 5 for name in keeps}
+    monkeypatch.setattr(hw_check, "time_plans", time_plans)
+    res = prunepass.prune(net(), X, "prune-channels<ratio=0.3,hw-round=ort,hw-threads=1>,dce",
+                          check_numerics=True)
+    changes = res.record.passes[0]["changes"]
+    kept = sorted((g["channels"], g["kept"]) for g in changes["groups"])
+    assert kept == ([(30, 23), (50, 37)] if faster == "snapped" else [(30, 21), (50, 35)])
+    assert (timed["backend"], timed["threads"]) == ("ort", 1)
+    asked = timed["keeps"]["asked"]
+    assert sorted({len(idx) for (name, axis), idx in asked.items() if axis == 0}) == [21, 35]
+    check = changes["hw_check"]
+    assert check["kept"] == faster and check["source"].startswith("measured here (ort, 1 ")
+    assert check["snapped_speedup"]["median"] == pytest.approx(1.5 if faster == "snapped"
+                                                               else 1 / 1.5)
+    assert changes["max_rel_error_vs_masked"] < 1e-5
+    from prunepass.report import format_record
+    assert (f"hw-check kept the {faster} counts (snapped {1.0 if faster == 'snapped' else 1.5:.2f}"
+            " ms") in format_record(res.record)
+
+
+def test_hw_check_times_plans_built_from_torch_and_onnx_models(tmp_path):
+    from prunepass.passes.transform.hw_check import compare, time_plans
+    torch.onnx.export(net(), X, str(tmp_path / "m.onnx"), dynamo=True, external_data=False)
+    for model in (TorchModel.from_module(net(), X), prunepass.load(str(tmp_path / "m.onnx"))):
+        cg = AnalysisManager(model).get("channel-groups")
+        g50 = next(g for g in cg.groups if g.size == 50)
+        removed = np.zeros(cg.n_classes, bool)
+        small = removed.copy()
+        small[g50.classes[:40]] = True
+        rounds = time_plans(model, {"dense": cg.keep_for(removed), "small": cg.keep_for(small)},
+                            "ort", 1, 0, rounds=2)
+        assert sorted(rounds) == ["dense", "small"]
+        assert all(len(r) == 2 and min(r) > 0 for r in rounds.values())
+    assert compare(model, cg.keep_for(small), cg.keep_for(removed), "torch", 1, 0) == {
+        "kept": "snapped", "skipped": "torch cannot run a model of the onnx frontend"}

@@ -63,7 +63,8 @@ def runner(backend: str, model: Any, inputs: Sequence[Any], *, threads: int | No
     "torch": a torch.nn.Module, put in eval mode and run eagerly under inference_mode;
         threads sets torch's intra-op threads for the whole process (torch has no per-call
         setting).
-    "ort": an ONNX path or a torch module (exported to ONNX first); threads: intra-op.
+    "ort": an ONNX path or ModelProto, or a torch module (exported to ONNX first);
+        threads: intra-op.
     "tvm": a torch module or ONNX path, compiled first; options are those of
         prunepass.backends.tvm.compile_model (target, trials, max_trials_per_task, database,
         rpc, route); threads comes from TVM_NUM_THREADS, read when TVM starts."""
@@ -99,10 +100,13 @@ def _ort_runner(model: Any, inputs: Sequence[Any], threads: int | None) -> Runne
     if threads:
         options.intra_op_num_threads = threads
     with tempfile.TemporaryDirectory(prefix="prunepass-ort-") as tmp:
-        path = model
-        if not isinstance(model, (str, Path)):
-            path = export_onnx(model, tuple(inputs), Path(tmp) / "model.onnx")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if hasattr(model, "SerializeToString"):  # an onnx.ModelProto
+            source: Any = model.SerializeToString()
+        elif isinstance(model, (str, Path)):
+            source = str(model)
+        else:
+            source = str(export_onnx(model, tuple(inputs), Path(tmp) / "model.onnx"))
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     feed = {i.name: a for i, a in zip(session.get_inputs(), arrays)}
     return Runner(lambda: session.run(None, feed))
 

@@ -61,10 +61,15 @@ PLAN_OPTIONS = (
            "can reuse", check=at_least(0)),
     Option("hw-threads", int, 0, "hw-round and latency-source: intra-op threads while "
            "timing layers (0: the backend's default)", check=at_least(0)),
+    Option("hw-check", bool, True, "hw-round with a ratio: build the model with the snapped "
+           "counts and with the counts as asked, time both on the backend, keep the faster "
+           "(layers timed in blocks miss what lies between them)"),
 )
 
 
-Snap = Callable[[Any, int], int]  # (group, requested kept count) -> kept count
+# [(group, requested kept count), ...] -> kept counts: all groups at once, as groups
+# read together by one layer are snapped together
+Snap = Callable[[list[tuple[Any, int]]], list[int]]
 
 
 def _ignored(group, patterns: list[str]) -> bool:  # noqa: ANN001
@@ -85,8 +90,8 @@ def _kept_count(n: int, remove: int, opts: dict[str, Any]) -> int:
 
 def choose_removed(cg, scores: np.ndarray, opts: dict[str, Any], snap: Snap | None = None  # noqa: ANN001
                    ) -> tuple[np.ndarray, list[dict]]:
-    """A boolean mask over classes (True = remove) and a summary per group. ``snap(group,
-    keep)`` may move each pruned group's kept count (hardware-aware rounding)."""
+    """A boolean mask over classes (True = remove) and a summary per group. ``snap`` may
+    move the pruned groups' kept counts (hardware-aware rounding)."""
     removed = np.zeros(cg.n_classes, bool)
     eligible = []
     for g in cg.groups:
@@ -131,11 +136,9 @@ def choose_removed(cg, scores: np.ndarray, opts: dict[str, Any], snap: Snap | No
     requested = {}
     if snap is not None:
         segment = _segments(cg)
-        for g, cand in eligible:
-            keep = int(g.size - removed[g.classes].sum())
-            if keep == g.size:
-                continue
-            chosen = snap(g, keep)
+        pruned = [(g, cand, int(g.size - removed[g.classes].sum())) for g, cand in eligible]
+        pruned = [(g, cand, keep) for g, cand, keep in pruned if keep < g.size]
+        for (g, cand, keep), chosen in zip(pruned, snap([(g, k) for g, _, k in pruned])):
             if chosen != keep:
                 requested[g.id] = keep
                 removed[g.classes] = False

@@ -7,6 +7,7 @@ from prunepass.errors import PipelineError, VerificationError
 from prunepass.passes.transform.budget import metric_fn, parse_target, search_ratio
 from prunepass.pm import PreservedAnalyses, TransformPass, TransformResult, register
 from prunepass.passes.transform.channel_plan import PLAN_OPTIONS, choose_removed
+from prunepass.passes.transform.hw_check import compare
 
 
 def relative_error(a: list[np.ndarray], b: list[np.ndarray]) -> float:
@@ -56,14 +57,14 @@ def tvm_trials(backend: str, opts) -> dict:  # noqa: ANN001
 
 
 def hardware_snap(am, opts):  # noqa: ANN001, ANN201
-    """hw-round: a function moving a group's kept count onto its measured latency
-    staircase, or None."""
+    """hw-round: a function moving the groups' kept counts onto their measured latency
+    staircases, or None."""
     if opts["hw-round"] == "off":
         return None
     table = am.get("channel-latency", backend=opts["hw-round"], threads=opts["hw-threads"],
                    **tvm_trials(opts["hw-round"], opts))
-    return lambda group, keep: table.snap(
-        group, keep, window=opts["hw-window"], tolerance=opts["hw-tolerance"],
+    return lambda requests: table.snap_many(
+        requests, window=opts["hw-window"], tolerance=opts["hw-tolerance"],
         round_to=opts["round-to"], min_keep=opts["min-channels"])
 
 
@@ -73,13 +74,14 @@ def plan_keep(graph, am, opts):  # noqa: ANN001, ANN201
 
 
 def plan_with_budget(graph, am, opts):  # noqa: ANN001, ANN201
-    """plan_keep, plus the budget search summary when a target was given (else None)."""
+    """plan_keep, plus what the record says of how the plan was reached: the budget
+    search (a target given) and hw-check's timings, as a dict of changes."""
     cg = am.get("channel-groups")
     scores = am.get("importance", criterion=opts["importance"], seed=opts["seed"])
     if opts["energy-aware"]:
         cost = class_energy(graph, cg, am.get("energy", profile=opts["profile"]))
         scores = scores / (cost + cost[cost > 0].mean() * 1e-3 if (cost > 0).any() else 1.0)
-    budget = None
+    notes = {}
     snap = hardware_snap(am, opts)
     targets = [k for k in ("macs", "energy", "latency-ms") if opts[f"target-{k}"]]
     if opts["group-ratios"] and (targets or opts["scope"] == "global"):
@@ -103,9 +105,18 @@ def plan_with_budget(graph, am, opts):  # noqa: ANN001, ANN201
              "latency-ms": latency_label(opts)}[kind])
         _, groups = choose_removed(cg, scores, {**global_opts, "ratio": budget["ratio"]},
                                    snap)
+        notes["budget"] = budget
     else:
         removed, groups = choose_removed(cg, scores, opts, snap)
-    return cg, removed, groups, cg.keep_for(removed), budget
+        if snap is not None and opts["hw-check"]:
+            asked, asked_groups = choose_removed(cg, scores, opts)
+            if (asked != removed).any():
+                check = compare(am.model, cg.keep_for(removed), cg.keep_for(asked),
+                                opts["hw-round"], opts["hw-threads"], opts["hw-trials"])
+                notes["hw_check"] = check
+                if check["kept"] == "asked":
+                    removed, groups = asked, asked_groups
+    return cg, removed, groups, cg.keep_for(removed), notes
 
 
 def state_keep(graph, keep):  # noqa: ANN001, ANN201
@@ -123,9 +134,8 @@ class _ChannelTransform(TransformPass):
     mode = "remove"
 
     def run(self, graph, am) -> TransformResult:  # noqa: ANN001
-        cg, removed, groups, keep, budget = plan_with_budget(graph, am, self.opts)
-        changes = {"removed_classes": int(removed.sum()),
-                   **({"budget": budget} if budget else {}),
+        cg, removed, groups, keep, notes = plan_with_budget(graph, am, self.opts)
+        changes = {"removed_classes": int(removed.sum()), **notes,
                    "groups": [g for g in groups if g["kept"] < g["channels"]],
                    "groups_total": len(groups),
                    "groups_pruned": sum(g["kept"] < g["channels"] for g in groups),
