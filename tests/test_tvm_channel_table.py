@@ -178,3 +178,28 @@ def test_a_latency_budget_on_tvm_built_models_measures_every_plan(tmp_path, monk
     assert kept and all(k < 32 for k in kept)  # channels went: untuned convs cost per MAC
     out = res.model(*x)
     assert out.shape == (1, 10) and torch.isfinite(out).all()
+
+
+def test_hw_check_times_plans_compiled_by_tvm(monkeypatch):
+    """hw-check with hw-round=tvm: both plans are built, compiled for this CPU (untuned
+    here) and timed in alternating rounds."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from prunepass.frontends.torch import TorchModel
+    from prunepass.passes.transform.hw_check import time_plans
+    from prunepass.pm import AnalysisManager
+    from prunepass.testing import randomize
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    model = TorchModel.from_module(randomize(nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1)).eval()),
+        (torch.randn(1, 3, 8, 8),))
+    cg = AnalysisManager(model).get("channel-groups")
+    removed = np.zeros(cg.n_classes, bool)
+    (g16,) = [g for g in cg.groups if g.size == 16]
+    removed[g16.classes[:12]] = True
+    rounds = time_plans(model, {"dense": cg.keep_for(np.zeros_like(removed)),
+                                "pruned": cg.keep_for(removed)}, "tvm", 0, 0, rounds=2)
+    assert sorted(rounds) == ["dense", "pruned"]
+    assert all(len(r) == 2 and min(r) > 0 for r in rounds.values())
