@@ -56,6 +56,23 @@ def tuned(tmp_path_factory) -> tuple[Path, Path]:
     return root / "db", database_dir(root / "db", resolve_target("x86"))
 
 
+def test_a_kernel_with_nothing_left_to_try_ends_at_once_and_the_bar_ends_full(tmp_path,
+                                                                             capfd):
+    # MetaSchedule's own search goes on for four empty rounds (a whole evolution each) after
+    # the reshape's single schedule is measured; ours ends the kernel at the first, and the
+    # bar's total drops by the trials it will not take.
+    spec = resolve_target("x86")
+    mod = prepare(lower_model(pruned_mlp(0), X).mod, spec)
+    capfd.readouterr()
+    _, report = tune_model(mod, spec, tmp_path, trials=1,
+                           max_trials_per_task=TRIALS_PER_KERNEL, progress=True)
+    assert report.measured == TRIALS_PER_KERNEL * 2 + 1
+    assert f"{report.measured}/{report.measured} " in capfd.readouterr().err
+    logs = [p.read_text() for p in (database_dir(tmp_path, spec) / "logs").iterdir()]
+    assert any("Sending 1 sample(s) to builder" in log for log in logs)
+    assert sum(log.count("Sending 0 sample(s) to builder") for log in logs) == 0
+
+
 def test_second_run_on_a_similarly_pruned_model_measures_nothing(tuned, tmp_path):
     database, folder = tuned
     before = record_count(folder)

@@ -12,7 +12,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from prunepass.backends.tvm.cost_model import open_cost_model, save_cost_model
 from prunepass.backends.tvm.database import (database_dir, database_synced,
@@ -90,12 +90,21 @@ def tune_model(mod: Any | Sequence[Any], spec: TargetSpec, database: str | Path,
 
     check_tuning_dependencies()
     per_task = report.trials_per_task
+    bar: Any = None  # made below, once the cost model's own bar is done
+
+    def ended_early(measured: int) -> None:
+        # A kernel that ran out of candidates will not take its share: the bar's total
+        # shrinks, or it would stop short of its end (densenet121's 408 kernels at 8
+        # trials: 1941 of 3264) and its estimate of the time left would be wrong.
+        bar.total -= per_task - measured
+        bar.refresh()
+
     with _quiet_console():
         runner = _runner(rpc)  # before the slow import below: a dead tracker fails fast
         import_tensor_intrinsics()
         with _unnamed_handlers_removed(), _new_console_quiet():
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                pending, work_dir=str(folder), strategy=_search(per_task), seed=seed)
+                pending, work_dir=str(folder), strategy=_search(per_task, ended_early), seed=seed)
         cost_model, cost_notes = open_cost_model(folder, db, spec.target, progress=progress)
     report.notes += cost_notes
     before = len(db)
@@ -201,12 +210,62 @@ def build_kernel(mod: Any, target: Any, _params: Any) -> Any:
     return tvm_build(mod, target=target)
 
 
-def _search(per_task: int) -> Any:
+def _search(per_task: int, ended_early: Callable[[int], None]) -> Any:
     """MetaSchedule's evolutionary search, its population scaled to the budget: evolving 512
-    candidates per round to measure a handful costs more than the measurements."""
+    candidates per round to measure a handful costs more than the measurements. It ends a
+    kernel at the first round that finds nothing new to measure (see _ends_when_exhausted)
+    and then calls ``ended_early`` with the kernel's measurements, if fewer than per_task."""
     import tvm.s_tir.meta_schedule as ms
     population = min(POPULATION, max(MIN_POPULATION, POPULATION_PER_TRIAL * per_task))
-    return ms.search_strategy.EvolutionarySearch(population_size=population)
+    search = ms.search_strategy.EvolutionarySearch(population_size=population)
+    return _ends_when_exhausted(search, per_task, ended_early)
+
+
+def _ends_when_exhausted(search: Any, per_task: int,
+                         ended_early: Callable[[int], None]) -> Any:
+    """``search`` (a MetaSchedule search strategy) ending a kernel's tuning at the first round
+    that offers no candidate. MetaSchedule's own search returns empty rounds four times
+    before it gives up, each a whole evolution (about 1 s in all for a kernel with a single
+    schedule, such as a concatenation with its batch norm and activation; densenet121 has
+    about 190)."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
+
+    @derived_object
+    class EndsWhenExhausted(PySearchStrategy):
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+            self.measured = 0
+            self.ended = False
+
+        def _initialize_with_tune_context(self, context: Any) -> None:
+            self.inner._initialize_with_tune_context(context)
+
+        def pre_tuning(self, max_trials: int, num_trials_per_iter: int, design_spaces: Any,
+                       database: Any = None, cost_model: Any = None) -> None:
+            self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database,
+                                  cost_model)
+
+        def post_tuning(self) -> None:
+            self.inner.post_tuning()
+
+        def generate_measure_candidates(self) -> Any:
+            candidates = self.inner.generate_measure_candidates()
+            if candidates is not None and len(candidates) > 0:
+                self.measured += len(candidates)
+                return candidates
+            if not self.ended and self.measured < per_task:
+                ended_early(self.measured)
+            self.ended = True
+            return None
+
+        def notify_runner_results(self, candidates: Any, results: Any) -> None:
+            self.inner.notify_runner_results(candidates, results)
+
+        def clone(self) -> Any:
+            return EndsWhenExhausted(self.inner.clone())
+
+    return EndsWhenExhausted(search)
 
 
 def _builder(bar: Any) -> Any:
