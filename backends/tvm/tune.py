@@ -31,6 +31,8 @@ MS_LOGGER = "tvm.s_tir.meta_schedule"
 POPULATION = 512          # MetaSchedule's default, reached from 64 trials per kernel up
 MIN_POPULATION = 32
 POPULATION_PER_TRIAL = 8
+# Schedule rules TOPI names on its pooling blocks (annotation "schedule_rule")
+POOL_RULES = ("pool_max", "pool_avg", "adaptive_pool_max", "adaptive_pool_avg")
 
 
 @dataclass
@@ -102,6 +104,7 @@ def tune_model(mod: Any | Sequence[Any], spec: TargetSpec, database: str | Path,
     with _quiet_console():
         runner = _runner(rpc)  # before the slow import below: a dead tracker fails fast
         import_tensor_intrinsics()
+        register_pool_rules(spec.target)
         with _unnamed_handlers_removed(), _new_console_quiet():
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 pending, work_dir=str(folder), strategy=_search(per_task, ended_early), seed=seed)
@@ -185,6 +188,25 @@ def import_tensor_intrinsics() -> None:
     finally:
         for key in primed:
             inspect.modulesbyfile.pop(key, None)
+
+
+def register_pool_rules(target: Any) -> None:
+    """TOPI's pooling blocks ask for schedule rules (meta_schedule.pool_max, ...) that TVM 0.27
+    does not register. MetaSchedule then prints a two-line warning for each pooling kernel,
+    through the progress bar, drops the request and schedules the block with its generic
+    rules. Registered here, each rule does just that, without the warning: the search
+    space, the traces and the kernels stay the same."""
+    import tvm
+
+    def generic(sch: Any, block: Any) -> list[Any]:
+        sch.unannotate(block, "schedule_rule")
+        return [sch]
+
+    for key in target.keys:
+        for rule in POOL_RULES:
+            name = f"s_tir.meta_schedule.{key}.meta_schedule.{rule}"
+            if tvm.get_global_func(name, allow_missing=True) is None:
+                tvm.register_global_func(name, generic)
 
 
 def fuse(mod: Any, spec: TargetSpec) -> Any:
