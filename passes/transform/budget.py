@@ -92,10 +92,7 @@ def model_latency(model: Any, threads: int, trials: int) -> Metric:
     set_tvm_threads(threads)
 
     def metric(g: Graph, keep: Keep | None = None) -> float:
-        planned = model.clone()
-        if keep:
-            planned.apply_keep(keep, "remove")
-            planned.erase_dead()
+        planned = model.planned(keep) if keep else model.clone()
         inputs = tuple(planned.example_inputs)
         with tempfile.TemporaryDirectory(prefix="prunepass-budget-") as tmp:
             compiled = compile_model(planned.materialize(), inputs, "x86", tmp,

@@ -32,9 +32,7 @@ def time_plans(model: Any, keeps: dict[str, Keep], backend: str, threads: int,  
     runners = {}
     with tempfile.TemporaryDirectory(prefix="prunepass-hw-check-") as tmp:
         for name, keep in keeps.items():
-            planned = model.clone()
-            planned.apply_keep(keep, "remove")
-            planned.erase_dead()
+            planned = model.planned(keep)
             native, inputs = planned.materialize(), tuple(planned.example_inputs)
             if backend == "tvm":
                 runners[name] = runner("tvm", native, inputs, out_dir=Path(tmp) / name,

@@ -45,6 +45,14 @@ class ModelAdapter(ABC):
     def erase_dead(self) -> int:
         """Remove nodes and state whose results are never used; return how many."""
 
+    def planned(self, keep: dict[tuple[str, int], np.ndarray]) -> "ModelAdapter":
+        """A copy with ``keep``'s channels removed and the nodes left dead erased: the model a
+        plan would give, to build and time before choosing it."""
+        copy = self.clone()
+        copy.apply_keep(keep, "remove")
+        copy.erase_dead()
+        return copy
+
     def set_weight_masks(self, masks: dict[str, np.ndarray]) -> None:
         """Multiply each named parameter by a 0/1 mask of its shape that stays in the native
         model (through materialize() and fine-tuning). Masks on one weight multiply."""
