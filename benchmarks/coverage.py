@@ -2,8 +2,10 @@
 
 For each model (random init, re-randomised so no layer is an identity): trace time,
 analysis + prune time, forward of the pruned model (shape unchanged, finite), MACs and
-params before/after, peak RSS, and the dead-channel equivalence: the same models pruned
-with exact-only groups must equal the original with those channels zeroed (masked).
+params before/after, peak RSS, whether it came back as its own torchvision class (outputs
+equal to the pruned graph's; else the reason), and the dead-channel equivalence: the same
+models pruned with exact-only groups must equal the original with those channels zeroed
+(masked).
 
     python benchmarks/coverage.py                 # all models, one subprocess each
     python benchmarks/coverage.py --models resnet18,vit_b_16
@@ -70,6 +72,11 @@ def run_one(name: str) -> dict:
         out = pruned(x)
     row["shape_ok"] = tuple(out.shape) == tuple(dense_out.shape)
     row["finite"] = bool(torch.isfinite(out).all())
+    own, info = adapter.user_module()  # what prunepass.prune hands back
+    row["own_class"] = info["returned"] == "own-class"
+    row["own_class_err"] = info.get("max_rel_error_vs_graph")
+    if not row["own_class"]:
+        row["own_class_reason"] = info.get("reason", "")[:300]
     # equivalence on the exact groups: pruned == masked original
     exact = TorchModel.from_module(model, (x,), name)
     am = AnalysisManager(exact, check_numerics=True)
@@ -122,6 +129,8 @@ def main() -> None:
               f"max trace {max(r['trace_s'] for r in done):.2f}s, "
               f"max peak memory {max(r['mem_x_dense'] for r in done):.2f}x dense (measured)")
     print(f"{ok}/{len(rows)} models pruned, run and equivalent  ({path})")
+    own = sum(r.get("own_class", False) for r in rows)
+    print(f"{own}/{len(rows)} returned as their own class (outputs equal to the pruned graph)")
 
 
 HEADER = (f"{'model':24} {'ok':3} {'groups':>9} {'approx':>6} {'GMACs':>15} {'Mparams':>15} "
@@ -134,6 +143,8 @@ def _fmt(r: dict) -> str:
     note = row_notes(r)
     if not r["equiv_ok"]:
         note.append("NOT equivalent")
+    if not r.get("own_class", True):
+        note.append("graph module: " + r.get("own_class_reason", "")[:80])
     return (f"{r['model']:24} {'yes' if r['ok'] else 'NO':3} "
             f"{r['groups_pruned']:>4}/{r['groups']:<4} {r['approx_groups']:>6} "
             f"{r['macs_before'] / 1e9:>6.2f}->{r['macs_after'] / 1e9:<6.2f} "

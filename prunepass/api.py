@@ -14,9 +14,12 @@ DEFAULT_PIPELINE = "prune-channels<ratio=0.5>,dce"
 
 
 def load(model: Any, example_inputs: Sequence[Any] | Any = None,
-         name: str | None = None) -> ModelAdapter:
-    """Trace a model into the IR. ``model`` is a ``torch.nn.Module`` (with example inputs),
-    an ``.onnx`` path or ``onnx.ModelProto`` (example inputs optional), or an adapter."""
+         name: str | None = None, in_place: bool = False) -> ModelAdapter:
+    """Trace a model into the IR. ``model`` is a ``torch.nn.Module`` or a
+    ``torch.export.ExportedProgram`` (with example inputs: a tuple of positional inputs, a
+    dict of keyword inputs, or ``(args, kwargs)``), an ``.onnx`` path or ``onnx.ModelProto``
+    (example inputs optional), or an adapter. ``in_place``: transforms change the torch
+    model itself rather than a copy."""
     if isinstance(model, ModelAdapter):
         return model
     from pathlib import Path
@@ -27,19 +30,21 @@ def load(model: Any, example_inputs: Sequence[Any] | Any = None,
         from prunepass.frontends.onnx import OnnxModel
         return OnnxModel.from_proto(model, example_inputs, name)
     import torch
-    if isinstance(model, torch.nn.Module):
+    if isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
         from prunepass.frontends.torch import TorchModel
-        if example_inputs is None:
+        if example_inputs is None and isinstance(model, torch.nn.Module):
             raise TraceError("a torch model needs example_inputs to be traced, e.g. "
-                             "(torch.randn(1, 3, 224, 224),)")
-        return TorchModel.from_module(model, example_inputs, name)
-    raise TraceError(f"cannot load a {type(model).__name__}: pass a torch.nn.Module or an "
-                     ".onnx file")
+                             "(torch.randn(1, 3, 224, 224),) or {'input_ids': ids}")
+        return TorchModel.from_module(model, example_inputs, name, in_place=in_place)
+    raise TraceError(f"cannot load a {type(model).__name__}: pass a torch.nn.Module, a "
+                     "torch.export.ExportedProgram or an .onnx file")
 
 
 @dataclass
 class PruneResult:
-    model: Any  # the native model: a torch.nn.Module or an onnx.ModelProto
+    # the native model: the user's own torch class (or, where that does not check out, the
+    # pruned graph module: record.output says which and why), or an onnx.ModelProto
+    model: Any
     record: Record
     adapter: ModelAdapter
 
@@ -50,9 +55,18 @@ def prune(model: Any, example_inputs: Sequence[Any] | Any = None,
           loss_fn: Callable[[Any], Any] | None = None,
           check_numerics: bool = False, progress: bool = False,
           energy_profile: str | None = None,
-          evaluate: Callable[[Any], float] | None = None) -> PruneResult:
+          evaluate: Callable[[Any], float] | None = None,
+          in_place: bool = False) -> PruneResult:
     """Run ``pipeline`` on a copy of ``model`` and return the slimmed model and the record.
-    The input model is never changed.
+    The input model is never changed, unless ``in_place=True``: then the torch model itself
+    is pruned (no copy of its weights is ever made; the way to prune a model as large as
+    memory allows). Another thread must not use the model meanwhile, and if the result falls
+    back to the graph module (``record.output``), the model passed in holds pruned tensors
+    its own code cannot run: use ``result.model``.
+
+    A torch model comes back as its own class: the same object type with sliced tensors and
+    updated size attributes, checked numerically against the pruned graph; where that check
+    fails, as the pruned graph module, with the reason in ``record.output["reason"]``.
 
     calibration: inputs for data-driven passes (Taylor importance); default example_inputs.
     loss_fn: maps model outputs to a scalar loss for Taylor importance.
@@ -61,13 +75,22 @@ def prune(model: Any, example_inputs: Sequence[Any] | Any = None,
     energy before and after.
     evaluate: ``evaluate(module) -> float``, higher is better, for passes that score models
     (``sensitivity``); it reaches them as ``am.evaluate``."""
-    adapter = load(model, example_inputs)
     pm = pipeline if isinstance(pipeline, PassManager) else PassManager(pipeline)
+    adapter = load(model, example_inputs, in_place=in_place)
     am = AnalysisManager(adapter, calibration=calibration, loss_fn=loss_fn,
                          check_numerics=check_numerics, energy_profile=energy_profile,
                          evaluate=evaluate)
     record = pm.run(adapter, am, progress=progress)
-    return PruneResult(adapter.materialize(), record, adapter)
+    if adapter.frontend == "torch":
+        native, record.output = adapter.user_module()
+        if in_place and record.output["returned"] != "own-class":
+            import warnings
+            warnings.warn(f"in_place=True: {type(model).__name__} could not be given back as "
+                          f"itself ({record.output['reason']}); the model passed in now holds "
+                          "pruned tensors its code cannot run: use result.model", stacklevel=2)
+    else:
+        native, record.output = adapter.materialize(), {"returned": "onnx"}
+    return PruneResult(native, record, adapter)
 
 
 def apply_record(model: Any, example_inputs: Sequence[Any] | Any, record: Record | str,

@@ -11,6 +11,19 @@ from prunepass.errors import PrunepassError
 
 def _load(args: argparse.Namespace):  # noqa: ANN202
     from prunepass.zoo import load_model, parse_shape
+    if args.model.endswith(".pt2"):  # a torch.export archive: its own example inputs
+        import torch
+        if not Path(args.model).is_file():
+            raise PrunepassError(f"model {args.model!r}: no such file")
+        try:
+            ep = torch.export.load(args.model)
+        except Exception as e:
+            raise PrunepassError(f"model {args.model!r} is not a torch.export archive "
+                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                                 ) from None
+        if args.input_shape:
+            return ep, (torch.randn(*parse_shape(args.input_shape)),)
+        return ep, None
     if args.model.endswith(".onnx"):  # an ONNX file: inputs from the file unless given
         if args.input_shape:
             import numpy as np
@@ -20,23 +33,47 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
     return load_model(args.model, args.input_shape)
 
 
-def save_model(module: Any, example_inputs: tuple, out: str) -> str:
+TORCH_OUTPUTS = (".pt2", ".pt", ".onnx")
+
+
+def check_output(out: str, model: str, onnx_input: bool) -> None:
+    """Refuse a bad -o before any work is done: its kind, its folder, and never the input."""
+    path = Path(out)
+    allowed = (".onnx",) if onnx_input else TORCH_OUTPUTS
+    if path.suffix not in allowed:
+        raise PrunepassError(f"output {out!r}: use a " + (
+            ".onnx file name (an ONNX model is written as ONNX)" if onnx_input else
+            ".pt2 (torch.export archive), .pt (pickled module) or .onnx file name"))
+    if not path.parent.is_dir():
+        raise PrunepassError(f"output {out!r}: folder {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise PrunepassError(f"output {out!r} is a folder")
+    src = Path(model)
+    if path.exists() and src.exists() and path.samefile(src):
+        raise PrunepassError(f"output {out!r} is the input model: choose another file name")
+
+
+def save_model(module: Any, example_inputs: Any, out: str) -> str:
     """``.pt2``: a torch.export archive (load with torch.export.load(p).module());
-    ``.pt``: the whole module pickled (torch.load(p, weights_only=False)). torch cannot
-    pickle parametrized modules, so weight masks are folded into the weights there (the
-    zeros stay; the .pt2 archive keeps the masks themselves)."""
+    ``.pt``: the whole module pickled (torch.load(p, weights_only=False)); ``.onnx``: an
+    ONNX file (torch's exporter). torch cannot pickle parametrized modules, so weight masks
+    are folded into the weights for .pt and .onnx (the zeros stay; the .pt2 archive keeps
+    the masks themselves)."""
     path = Path(out)
     import torch
+    from prunepass.backends.measure.torch_export import export_onnx
     from prunepass.frontends.torch import weight_masks
     from prunepass.frontends.torch.trace import export_program
+    baked = weight_masks.bake(module) if weight_masks.read(module) else module
     if path.suffix == ".pt2":
-        torch.export.save(export_program(module, tuple(example_inputs)), str(path))
+        torch.export.save(export_program(module, example_inputs), str(path))
     elif path.suffix == ".pt":
-        torch.save(weight_masks.bake(module) if weight_masks.read(module) else module,
-                   str(path))
+        torch.save(baked, str(path))
+    elif path.suffix == ".onnx":
+        export_onnx(baked, example_inputs, path)
     else:
-        raise PrunepassError(f"output {out!r}: use a .pt2 (torch.export archive) or .pt "
-                             "(pickled module) file name")
+        raise PrunepassError(f"output {out!r}: use a .pt2 (torch.export archive), .pt "
+                             "(pickled module) or .onnx file name")
     return str(path)
 
 
@@ -60,6 +97,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import prunepass
     from prunepass.pm import DumpIR, PassManager, TimePasses, VerifyIR
     from prunepass.report import format_record
+    if args.output:
+        check_output(args.output, args.model, args.model.endswith(".onnx"))
     model, inputs = _load(args)
     instruments = [TimePasses(), VerifyIR()] + ([DumpIR(args.dump_ir)] if args.dump_ir else [])
     pm = PassManager(args.pipeline, instruments=instruments)
@@ -87,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                      ".onnx file")
             written = result.adapter.save(args.output)
         else:
-            written = save_model(result.model, inputs, args.output)
+            written = save_model(result.model, result.adapter.example_inputs, args.output)
         print(f"pruned model written to {written}")
     if args.plot:
         from prunepass.plots import energy_per_layer
@@ -291,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_passes)
 
     def model_args(s: argparse.ArgumentParser) -> None:
-        s.add_argument("model", help="torchvision:NAME, package.module:factory or a .onnx file")
+        s.add_argument("model", help="torchvision:NAME, package.module:factory, a .pt2 "
+                       "torch.export archive or a .onnx file")
         s.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
 
     s = sub.add_parser("run", help="run a pipeline on a model")
@@ -299,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     from prunepass.api import DEFAULT_PIPELINE
     s.add_argument("-p", "--pipeline", default=DEFAULT_PIPELINE,
                    help=f"passes to run (default {DEFAULT_PIPELINE!r})")
-    s.add_argument("-o", "--output", help="write the pruned model (.pt2 or .pt)")
+    s.add_argument("-o", "--output", help="write the pruned model (.pt2, .pt or .onnx; an "
+                   "ONNX model: .onnx)")
     s.add_argument("--report", help="write the run record (JSON)")
     s.add_argument("--record", help="re-apply a saved record instead of choosing channels")
     s.add_argument("--check-numerics", action="store_true",

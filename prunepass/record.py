@@ -33,6 +33,9 @@ class Record:
     energy_after: dict[str, Any] = field(default_factory=dict)
     energy_nodes_before: dict[str, list] = field(default_factory=dict)
     energy_nodes_after: dict[str, list] = field(default_factory=dict)
+    # what came back: "own-class" (the user's class), "graph-module" (with the reason) or
+    # "onnx"; the attributes updated, tracing notes (a cache turned off, scalars folded)
+    output: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
 
     @classmethod

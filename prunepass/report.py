@@ -18,6 +18,24 @@ def _bytes(x: float) -> str:
     return f"{x:.0f} B"
 
 
+def format_output(rec: Record) -> list[str]:
+    """What came back: the user's class, or the graph module and why."""
+    out = rec.output
+    lines = []
+    if out.get("returned") == "own-class":
+        lines.append(f"  returned: {out.get('class')} (your class; {len(out.get('updated', []))} "
+                     "size attributes updated, outputs equal to the pruned graph's)")
+    elif out.get("returned") == "graph-module":
+        lines.append(f"  returned: the pruned graph module, because {out.get('reason')}")
+    config = out.get("config", {})
+    if config.get("updated"):
+        lines.append(f"  config: {config['updated']} (proved: {config.get('proved')})")
+    elif config.get("not_updated"):
+        lines.append(f"  config unchanged: {config['not_updated']}")
+    lines += [f"  note: {n}" for n in out.get("notes", [])]
+    return lines
+
+
 def format_record(rec: Record, top_layers: int = 8) -> str:
     b, a = rec.cost_before, rec.cost_after
     rows = [("params", _si(b["params"]), _si(a["params"]), b["params"], a["params"]),
@@ -32,6 +50,7 @@ def format_record(rec: Record, top_layers: int = 8) -> str:
         change = f"{(na - nb) / nb * 100:+.1f}%" if nb else "-"
         lines.append(f"  {name:18}{sb:>14}{sa:>14}{change:>10}")
     lines.append("  (counted from the IR for the example input shapes)")
+    lines += format_output(rec)
     lines += format_energy(rec)
     for p in rec.passes:
         ch = p.get("changes", {})

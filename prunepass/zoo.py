@@ -51,7 +51,7 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[Any, tuple[An
     made = factory()
     if isinstance(made, tuple) and len(made) == 2:
         model, inputs = made
-        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+        inputs = inputs if isinstance(inputs, (tuple, list, dict)) else (inputs,)
     else:
         model, inputs = made, None
     if shape is not None:

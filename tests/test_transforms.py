@@ -47,9 +47,13 @@ def test_dce_removes_an_unused_branch_and_its_weights():
     model = Dead().eval()
     res = prunepass.prune(model, (x,), "dce")
     assert res.record.passes[0]["changes"]["removed_nodes"] >= 1
-    assert "unused.weight" not in dict(res.model.named_parameters())
+    graph = res.adapter.materialize()
+    assert "unused.weight" not in dict(graph.named_parameters())
+    # the user's own class still runs its forward, which computes the dead branch: said
+    assert "unused.weight" in dict(res.model.named_parameters())
+    assert any("unused.weight" in n for n in res.record.output["notes"])
     with torch.no_grad():
-        assert torch.equal(res.model(x), model(x))
+        assert torch.equal(graph(x), model(x)) and torch.equal(res.model(x), model(x))
 
 
 def test_mask_keeps_shapes_and_zeroes_channels():

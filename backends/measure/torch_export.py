@@ -11,13 +11,15 @@ from prunepass.errors import PrunepassError
 
 @contextmanager
 def eval_mode(model: Any) -> Iterator[Any]:
-    """BN running statistics and no dropout while inside; the caller's mode is restored."""
-    was_training = model.training
+    """BN running statistics and no dropout while inside; every submodule's own mode is
+    restored (a model with frozen batch norms in training keeps them frozen)."""
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
 
 
 def as_args(example_inputs: Sequence[Any] | Any) -> tuple[Any, ...]:
@@ -28,13 +30,16 @@ def as_args(example_inputs: Sequence[Any] | Any) -> tuple[Any, ...]:
 
 
 def export_onnx(model: Any, example_inputs: Sequence[Any] | Any, path: str | Path) -> Path:
-    """torch.onnx.export (the torch.export-based exporter) to ``path``, weights inside."""
+    """torch.onnx.export (the torch.export-based exporter) to ``path``, weights inside.
+    ``example_inputs`` as ``prunepass.prune`` takes them (positional, keyword or both)."""
     import torch
+    from prunepass.frontends.torch.inputs import normalize
     path = Path(path)
+    inputs = normalize(example_inputs)
     with eval_mode(model):
         try:
-            torch.onnx.export(model, as_args(example_inputs), str(path), dynamo=True,
-                              external_data=False, verbose=False)
+            torch.onnx.export(model, inputs.args, str(path), kwargs=inputs.kwargs or None,
+                              dynamo=True, external_data=False, verbose=False)
         except Exception as err:  # the exporter raises many kinds
             raise PrunepassError(f"torch.onnx.export failed on {type(model).__name__}: "
                                  f"{str(err).splitlines()[0]}") from err

@@ -4,20 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 from prunepass.errors import PipelineError, VerificationError
+from prunepass.numerics import relative_error
 from prunepass.passes.transform.budget import metric_fn, parse_target, search_ratio
 from prunepass.pm import PreservedAnalyses, TransformPass, TransformResult, register
 from prunepass.passes.transform.channel_plan import PLAN_OPTIONS, choose_removed
 from prunepass.passes.transform.hw_check import compare
-
-
-def relative_error(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    err = 0.0
-    for x, y in zip(a, b):
-        if not (np.isfinite(x).all() and np.isfinite(y).all()):
-            return float("inf")  # NaN compares false: max() would keep the old error
-        denom = max(float(np.abs(y).max()), 1e-12) if y.size else 1.0
-        err = max(err, float(np.abs(x - y).max()) / denom if x.size else 0.0)
-    return err
 
 
 def class_energy(graph, cg, energy) -> np.ndarray:  # noqa: ANN001

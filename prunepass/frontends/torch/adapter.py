@@ -1,4 +1,11 @@
-"""The torch adapter: a GraphModule of ATen ops plus the primitives transforms need."""
+"""The torch adapter: a GraphModule of ATen ops plus the primitives transforms need.
+
+The adapter keeps two views of one set of tensors: ``module``, the user's own class (a copy
+whose tensors share storage with the caller's until they change, or the caller's model
+itself with ``in_place``), and ``gm``, the traced graph, which holds the very same
+Parameter and buffer objects. Transforms replace a tensor's data in place on that object,
+so both views follow and the old data is freed at once: at no point is there a second copy
+of the weights."""
 from __future__ import annotations
 
 import copy
@@ -14,7 +21,8 @@ from prunepass.frontends.base import ModelAdapter
 from prunepass.frontends.torch import weight_masks
 from prunepass.frontends.torch.aten_map import SIZE_ARG, _base_name, bind
 from prunepass.frontends.torch.to_ir import build_graph, fetch_attr
-from prunepass.frontends.torch.trace import trace
+from prunepass.frontends.torch.inputs import Inputs, normalize
+from prunepass.frontends.torch.trace import plain_graph_module, trace
 from prunepass.ir import ops
 from prunepass.ir.graph import Graph, Node
 
@@ -30,16 +38,21 @@ def _owner(gm: torch.nn.Module, target: str) -> tuple[torch.nn.Module, str]:
 
 
 def set_state(gm: torch.nn.Module, target: str, t: torch.Tensor) -> None:
-    """Replace a parameter, buffer or constant by a new tensor (never in place, so the
-    tensors shared with the caller's model are untouched)."""
+    """Give a parameter, buffer or constant new data. The tensor object stays (the user's
+    module holds it too) and only its data is swapped, so the old data is freed as soon as
+    nothing else holds it; storage shared with the caller's model is never written."""
     mod, leaf = _owner(gm, target)
     old = getattr(mod, leaf)
-    if isinstance(old, torch.nn.Parameter):
-        mod._parameters[leaf] = torch.nn.Parameter(t.detach().clone(), old.requires_grad)
-    elif leaf in mod._buffers:
-        mod._buffers[leaf] = t.detach().clone()
-    else:
-        setattr(mod, leaf, t.detach().clone())
+    new = t.detach()
+    is_state = isinstance(old, torch.nn.Parameter) or leaf in mod._buffers or (
+        isinstance(old, torch.Tensor) and not isinstance(type(mod).__dict__.get(leaf),
+                                                         property))
+    if not is_state:  # a parametrized weight: assigning stores its new original
+        setattr(mod, leaf, new.clone())
+        return
+    if new.untyped_storage().data_ptr() == old.untyped_storage().data_ptr():
+        new = new.clone()
+    old.data = new
 
 
 def set_arg(fxn: fx.Node, name: str, value: Any) -> None:
@@ -52,6 +65,22 @@ def set_arg(fxn: fx.Node, name: str, value: Any) -> None:
         fxn.args = tuple(args)
     else:
         fxn.kwargs = {**fxn.kwargs, name: value}
+
+
+def storage_sharing_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are new tensor objects over the
+    same storage: free in memory, and the caller's tensors never change when the copy's are
+    given new data."""
+    memo: dict[int, Any] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in memo:
+            memo[id(t)] = (torch.nn.Parameter(t.detach(), t.requires_grad)
+                           if isinstance(t, torch.nn.Parameter) else t.detach())
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as e:
+        raise TraceError(f"{type(model).__name__} cannot be copied ({e}); pass "
+                         "in_place=True to prune the model itself") from e
 
 
 def _flatten_outputs(out: Any) -> list[np.ndarray]:
@@ -72,31 +101,76 @@ def default_loss(out: Any) -> torch.Tensor:
 class TorchModel(ModelAdapter):
     frontend = "torch"
 
-    def __init__(self, gm: fx.GraphModule, example_inputs: Sequence[Any], name: str = "model"):
+    def __init__(self, gm: fx.GraphModule, example_inputs: Any, name: str = "model",
+                 module: torch.nn.Module | None = None, notes: list[str] | None = None,
+                 caller: torch.nn.Module | None = None):
         self.gm = gm
-        self._inputs = tuple(example_inputs)
+        self._inputs = normalize(example_inputs)
         self.name = name
+        self.module = module  # the user's own class, None where there is none to give back
+        self.caller = caller  # the caller's model the module shares storage with (not in place)
+        self.notes = list(notes or [])  # what tracing did that the record should say
+        self.rewrites: list[tuple[str, int, int]] = []  # (module path, old, new) constants
+        # attention whose default scale the graph pinned: (module path, old, new head dim)
+        self.pinned_scales: list[tuple[str, int, int]] = []
         self.rebuild()
 
     @classmethod
-    def from_module(cls, model: torch.nn.Module, example_inputs: Sequence[Any],
-                    name: str | None = None) -> "TorchModel":
-        if isinstance(example_inputs, torch.Tensor):
-            example_inputs = (example_inputs,)
-        return cls(trace(model, example_inputs), example_inputs, name or type(model).__name__)
+    def from_module(cls, model: Any, example_inputs: Any = None, name: str | None = None,
+                    in_place: bool = False) -> "TorchModel":
+        """Trace ``model``: an ``nn.Module`` (then ``in_place`` prunes it itself; otherwise a
+        copy sharing its storage is made), or a ``torch.export.ExportedProgram``."""
+        if isinstance(model, torch.export.ExportedProgram):
+            if example_inputs is None:
+                example_inputs = model.example_inputs
+            if example_inputs is None:
+                raise TraceError("this ExportedProgram carries no example inputs: pass them")
+            notes = ["an ExportedProgram has no class of its own: the result is its graph "
+                     "module"]
+            # the program holds the traced model's own tensors: work on a storage-sharing copy
+            gm = plain_graph_module(storage_sharing_copy(model.module()), notes)
+            return cls(gm, example_inputs, name or "ExportedProgram", notes=notes)
+        if isinstance(model, fx.GraphModule):
+            notes = ["a GraphModule has no class of its own: the result is the pruned graph "
+                     "module"]
+            inputs = normalize(example_inputs)
+            exported = hasattr(model, "_in_spec") and all(
+                n.target == "_guards_fn" for n in model.graph.nodes if n.op == "call_module")
+            if exported:  # ExportedProgram.module(): ATen ops already
+                gm = plain_graph_module(storage_sharing_copy(model), notes)
+            else:
+                gm = trace(storage_sharing_copy(model), inputs, notes)
+            return cls(gm, inputs, name or type(model).__name__, notes=notes)
+        inputs = normalize(example_inputs)
+        working = model if in_place else storage_sharing_copy(model)
+        notes: list[str] = []
+        gm = trace(working, inputs, notes)
+        return cls(gm, inputs, name or type(model).__name__, module=working, notes=notes,
+                   caller=None if in_place else model)
 
     @property
-    def example_inputs(self) -> Sequence[Any]:
-        return self._inputs
+    def example_inputs(self) -> Any:
+        """The example inputs: the args tuple, or an ``Inputs`` where there are keywords."""
+        return self._inputs.public()
+
+    def _flat(self, inputs: Inputs) -> list[Any]:
+        spec = getattr(self.gm, "_in_spec", None)
+        if spec is None:
+            return list(inputs.args)
+        return list(torch.fx._pytree.tree_flatten_spec((inputs.args, inputs.kwargs), spec))
 
     def rebuild(self) -> None:
-        self.graph: Graph = build_graph(self.gm, self._inputs, self.name)
+        self.graph: Graph = build_graph(self.gm, self._flat(self._inputs), self.name)
         weight_masks.mark_params(self.graph, self.gm)
         self.fx_nodes = {n.name: n for n in self.gm.graph.nodes}
 
     def clone(self) -> "TorchModel":
         new = copy.copy(self)
-        new.gm = copy.deepcopy(self.gm)
+        # one deepcopy of both views, so the copy's graph and module share tensors too
+        new.gm, new.module = copy.deepcopy((self.gm, self.module))
+        new.caller = None  # the copy's tensors are its own
+        new.rewrites = list(self.rewrites)
+        new.pinned_scales = list(self.pinned_scales)
         new.rebuild()
         return new
 
@@ -116,7 +190,7 @@ class TorchModel(ModelAdapter):
         was = gm.training
         gm.eval()
         with torch.enable_grad():
-            out = gm(*(inputs if inputs is not None else self._inputs))
+            out = self._call(gm, inputs)
             (loss_fn or default_loss)(out).backward()
         gm.train(was)
         grads = {k: p.grad.detach().float().cpu().numpy() for k, p in params.items()
@@ -129,9 +203,12 @@ class TorchModel(ModelAdapter):
         was = self.gm.training
         self.gm.eval()
         with torch.no_grad():
-            out = self.gm(*(inputs if inputs is not None else self._inputs))
+            out = self._call(self.gm, inputs)
         self.gm.train(was)
         return _flatten_outputs(out)
+
+    def _call(self, module: torch.nn.Module, inputs: Any) -> Any:
+        return (normalize(inputs) if inputs is not None else self._inputs).call(module)
 
     # -- transforms -------------------------------------------------------------------
     def apply_keep(self, keep: dict[tuple[str, int], np.ndarray], mode: str) -> None:
@@ -198,6 +275,7 @@ class TorchModel(ModelAdapter):
                 if new != out.shape[d]:
                     if isinstance(old, int) and old != -1:
                         sizes[d] = new
+                        self.rewrites.append((node.scope, old, new))
                     elif not isinstance(old, int):
                         raise PlanError(f"node {node.name} ({base}): axis {d} has a symbolic "
                                         "size and cannot be rewritten")
@@ -209,8 +287,10 @@ class TorchModel(ModelAdapter):
         elif base == "unflatten":
             x, dim, sizes = fxn.args[:3]
             dim = dim + node.inputs[0].ndim if dim < 0 else dim
-            fxn.args = (x, dim, [shape[dim + k] if isinstance(s, int) and s != -1 else s
-                                 for k, s in enumerate(sizes)])
+            new_sizes = [shape[dim + k] if isinstance(s, int) and s != -1 else s
+                         for k, s in enumerate(sizes)]
+            self.rewrites += [(node.scope, a, b) for a, b in zip(sizes, new_sizes) if a != b]
+            fxn.args = (x, dim, new_sizes)
         elif node.op == ops.SPLIT and base != "unbind":
             axis = node.attrs["axis"]
             sizes = [new_shape(o)[axis] for o in node.outputs]
@@ -243,6 +323,7 @@ class TorchModel(ModelAdapter):
             # the default scale is 1/sqrt(head dim): keep the original one
             if new_shape(q)[-1] != q.shape[-1] and bind(fxn).get("scale") is None:
                 set_arg(fxn, "scale", 1.0 / math.sqrt(q.shape[-1]))
+                self.pinned_scales.append((node.scope, q.shape[-1], new_shape(q)[-1]))
 
     def _mask(self, keep: dict[tuple[str, int], np.ndarray]) -> None:
         values = {v.name: v for v in self.graph.values()}
@@ -353,5 +434,13 @@ class TorchModel(ModelAdapter):
         return weight_masks.read(self.gm)
 
     def materialize(self) -> torch.nn.Module:
+        """The pruned graph module (a copy): what the backends build and time."""
         from prunepass.frontends.torch.materialize import trainable_module
         return trainable_module(self.gm)
+
+    def user_module(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The result handed to the user: their own class with the pruned tensors and updated
+        attributes where it checks out numerically against the graph, else the graph module;
+        and what was done, for the record."""
+        from prunepass.frontends.torch.own_module import own_module
+        return own_module(self)
