@@ -39,6 +39,8 @@ TORCH_OUTPUTS = (".pt2", ".pt", ".onnx")
 def check_output(out: str, model: str, onnx_input: bool) -> None:
     """Refuse a bad -o before any work is done: its kind, its folder, and never the input."""
     path = Path(out)
+    if path.is_dir():
+        raise PrunepassError(f"output {out!r} is a folder: name a file in it")
     allowed = (".onnx",) if onnx_input else TORCH_OUTPUTS
     if path.suffix not in allowed:
         raise PrunepassError(f"output {out!r}: use a " + (
@@ -46,8 +48,6 @@ def check_output(out: str, model: str, onnx_input: bool) -> None:
             ".pt2 (torch.export archive), .pt (pickled module) or .onnx file name"))
     if not path.parent.is_dir():
         raise PrunepassError(f"output {out!r}: folder {str(path.parent)!r} does not exist")
-    if path.is_dir():
-        raise PrunepassError(f"output {out!r} is a folder")
     src = Path(model)
     if path.exists() and src.exists() and path.samefile(src):
         raise PrunepassError(f"output {out!r} is the input model: choose another file name")

@@ -93,3 +93,40 @@ def test_calibrate_fits_a_profile_that_predicts_what_it_printed(tmp_path, capsys
         predicted_ms = compute_energy(g, compute_cost(g), fitted).totals["latency_s"] * 1e3
         assert predicted_ms == pytest.approx(rows[f"torchvision:resnet18 {variant}"][1],
                                              abs=6e-4)
+
+
+def test_run_reads_a_pt2_archive_and_writes_onnx(tmp_path, capsys):
+    import numpy as np
+    import onnxruntime as ort
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(2, 3, 64, 64)
+    src = tmp_path / "dense.pt2"
+    torch.export.save(torch.export.export(model, (x,)), str(src))
+    out, rep = tmp_path / "slim.onnx", tmp_path / "r.json"
+    assert main(["run", str(src), "-q", "-o", str(out), "--report", str(rep)]) == 0
+    text = capsys.readouterr().out
+    assert "returned: the pruned graph module, because an ExportedProgram" in text
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    # the same plan as pruning the module itself, which comes back as ResNet
+    res = prunepass.prune(model, (x,))
+    assert type(res.model) is torchvision.models.ResNet
+    with torch.no_grad():
+        np.testing.assert_allclose(got, res.model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("output, words", [
+    ("{tmp}/missing/m.pt2", ["folder", "does not exist"]),
+    ("{tmp}/m.txt", [".pt2", ".pt", ".onnx"]),
+    ("{tmp}", ["is a folder"]),
+])
+def test_bad_output_is_refused_before_any_work(tmp_path, capsys, output, words):
+    argv = ["run", "torchvision:resnet18", "--input-shape", "1,3,32,32", "-q",
+            "-o", output.format(tmp=tmp_path)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing traced, pruned or printed
+    for w in words:
+        assert w in captured.err

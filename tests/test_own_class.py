@@ -330,3 +330,22 @@ def test_refusal_names_the_output_type():
                                          "'object'>") as e:
         prunepass.prune(UnknownOutput(), (torch.randn(2, 4),))
     assert "control flow" not in str(e.value)
+
+
+def test_head_dims_of_one_attention_module_keep_one_count():
+    # q/k head dims (paired by rotary embeddings) and v's are separate groups: at 0.3 they
+    # would keep 12 and 11 channels, which no single head_dim can describe
+    model = tiny_llama()
+    pipe = "prune-channels<ratio=0.3,exact-only=true>,dce"
+    res = prunepass.prune(model, {"input_ids": IDS}, pipe)
+    attn = res.model.model.layers[1].self_attn
+    assert res.record.output["returned"] == "own-class", res.record.output
+    assert attn.head_dim == 10 and attn.k_proj.out_features == attn.v_proj.out_features == 20
+    assert any(g.get("tied_to") for g in res.record.groups)
+    assert_same(own_outputs(res.model, {"input_ids": IDS}),
+                graph_outputs(res, {"input_ids": IDS}))
+    untied = prunepass.prune(model, {"input_ids": IDS},
+                             pipe.replace("exact-only=true", "exact-only=true,tie-sizes=false"))
+    out = untied.record.output
+    assert out["returned"] == "graph-module"
+    assert "self_attn: 16 -> 11" in out["reason"]

@@ -11,6 +11,7 @@ import numpy as np
 from prunepass.pm import Option
 from prunepass.pm.options import at_least, in_range
 from prunepass.passes.analysis.importance import CRITERIA
+from prunepass.passes.transform.size_ties import equalize
 
 PLAN_OPTIONS = (
     Option("ratio", float, 0.5, "fraction of each group's channels to remove",
@@ -29,6 +30,9 @@ PLAN_OPTIONS = (
     Option("exact-only", bool, False, "only prune groups whose removal equals zeroing "
            "(skips channels normalised by layer/group norm)"),
     Option("seed", int, 0, "seed of the random importance"),
+    Option("tie-sizes", bool, True, "groups one module reshapes with the same number (the "
+           "q, k and v head dims of an attention module) keep the same count, so the "
+           "module's own class runs the pruned model"),
     Option("group-ratios", list, [], "per-group ratios overriding `ratio`, as "
            "[PARAM:RATIO,...] where PARAM is a group's first producer (see `prunepass groups`)"),
     Option("target-macs", str, "", "MACs budget instead of a ratio: absolute (2e9) or "
@@ -133,6 +137,9 @@ def choose_removed(cg, scores: np.ndarray, opts: dict[str, Any], snap: Snap | No
             for seg_cand, quota in _split_quota(g, cand, segment, want):
                 order = np.argsort(scores[seg_cand], kind="stable")
                 removed[seg_cand[order[:quota]]] = True
+    tied = {}
+    if opts.get("tie-sizes", True):
+        tied = equalize(cg, scores, removed, {g.id: cand for g, cand in eligible})
     requested = {}
     if snap is not None:
         segment = _segments(cg)
@@ -152,6 +159,8 @@ def choose_removed(cg, scores: np.ndarray, opts: dict[str, Any], snap: Snap | No
         s["kept"] = int(g.size - removed[g.classes].sum())
         if g.id in requested:
             s["requested"] = requested[g.id]
+        if g.id in tied:
+            s["tied_to"] = tied[g.id]
         summary.append(s)
     return removed, summary
 
