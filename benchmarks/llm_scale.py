@@ -78,6 +78,7 @@ def run_one(shape: str, ratio: float, tokens: int) -> dict:
         "params_after": sum(p.numel() for p in pruned.parameters()),
         "model_mb_before": bytes_before / 2**20, "model_mb_after": bytes_after / 2**20,
         "returned": res.record.output.get("returned"), "class": type(pruned).__name__,
+        "reason": res.record.output.get("reason", ""),
         "peak_rss_mb": peak, "peak_rss_after_build_mb": rss_built,
         "peak_over_model": peak / (bytes_before / 2**20),
         "rss_after_imports_mb": rss_imports,

@@ -349,3 +349,50 @@ def test_head_dims_of_one_attention_module_keep_one_count():
     out = untied.record.output
     assert out["returned"] == "graph-module"
     assert "self_attn: 16 -> 11" in out["reason"]
+
+
+def test_bfloat16_model_comes_back_as_its_class():
+    model = tiny_llama().to(torch.bfloat16)
+    res = prunepass.prune(model, {"input_ids": IDS})
+    assert res.record.output["returned"] == "own-class", res.record.output
+    assert res.model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert res.record.output["max_rel_error_vs_graph"] == 0.0
+
+
+class FrozenWidth(nn.Module):
+    """Its width is a read-only property: the attribute cannot follow the pruning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.b = nn.Linear(16, 8)
+
+    @property
+    def hidden(self) -> int:
+        return 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)).view(x.shape[0], self.hidden))
+
+
+class ReadOnlyLinear(nn.Linear):
+    def __setattr__(self, name: str, value) -> None:  # noqa: ANN001
+        if name == "out_features" and hasattr(self, "out_features"):
+            raise AttributeError("out_features is fixed")
+        super().__setattr__(name, value)
+
+
+def test_attributes_that_cannot_follow_fall_back_with_the_reason():
+    model = FrozenWidth().eval()
+    x = torch.randn(3, 8)
+    res = prunepass.prune(model, (x,))
+    assert res.record.output["returned"] == "graph-module"
+    assert "16 -> 8" in res.record.output["reason"]
+    model2 = nn.Sequential(ReadOnlyLinear(8, 16), nn.ReLU(), nn.Linear(16, 8)).eval()
+    res2 = prunepass.prune(model2, (x,))
+    out = res2.record.output
+    assert out["returned"] == "graph-module"
+    assert "0.out_features cannot be set to 8" in out["reason"]
+    with torch.no_grad():  # the graph module is the pruned model all the same
+        assert res2.model(x).shape == (3, 8)
+    assert model2[0].out_features == 16 and model2[0].weight.shape == (16, 8)

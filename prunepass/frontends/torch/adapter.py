@@ -83,9 +83,16 @@ def storage_sharing_copy(model: torch.nn.Module) -> torch.nn.Module:
                          "in_place=True to prune the model itself") from e
 
 
+def _as_array(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+        t = t.float()  # bfloat16 and the float8 types have no numpy dtype
+    return t.numpy()
+
+
 def _flatten_outputs(out: Any) -> list[np.ndarray]:
     flat, _ = torch.utils._pytree.tree_flatten(out)
-    return [x.detach().cpu().numpy() for x in flat if isinstance(x, torch.Tensor)]
+    return [_as_array(x) for x in flat if isinstance(x, torch.Tensor)]
 
 
 def default_loss(out: Any) -> torch.Tensor:
@@ -199,13 +206,20 @@ class TorchModel(ModelAdapter):
             p.grad = None
         return weight_masks.public_names(grads)
 
-    def run(self, inputs: Sequence[Any] | None = None) -> list[np.ndarray]:
-        was = self.gm.training
-        self.gm.eval()
-        with torch.no_grad():
-            out = self._call(self.gm, inputs)
-        self.gm.train(was)
-        return _flatten_outputs(out)
+    def run(self, inputs: Sequence[Any] | None = None,
+            module: torch.nn.Module | None = None) -> list[np.ndarray]:
+        """The outputs of the graph (or of ``module``) in eval mode, without gradients; every
+        submodule's train/eval flag and a Hugging Face cache setting are restored."""
+        from prunepass.frontends.torch.trace import no_cache
+        module = self.gm if module is None else module
+        training = {m: m.training for m in module.modules()}
+        module.eval()
+        try:
+            with torch.no_grad(), no_cache(module, []):
+                return _flatten_outputs(self._call(module, inputs))
+        finally:
+            for m, t in training.items():
+                m.training = t
 
     def _call(self, module: torch.nn.Module, inputs: Any) -> Any:
         return (normalize(inputs) if inputs is not None else self._inputs).call(module)

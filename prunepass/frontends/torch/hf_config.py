@@ -10,7 +10,7 @@ dict rebuild any pruned model: ``prunepass.apply_record`` then ``load_state_dict
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -51,7 +51,7 @@ def _guess(config: Any, changes: list[Change]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def update(module: nn.Module, changes: list[Change], inputs: Any,
+def update(module: nn.Module, changes: list[Change], run: Callable[[nn.Module], list[Any]],
            reference: list[Any]) -> dict[str, Any]:
     """Set ``module.config`` to the pruned sizes where a model built from it is the pruned
     model; return what was done, for the record."""
@@ -65,7 +65,7 @@ def update(module: nn.Module, changes: list[Change], inputs: Any,
     new = copy.deepcopy(config)
     for f, (_, v) in fields.items():
         setattr(new, f, v)
-    why, checked = _prove(module, new, inputs, reference)
+    why, checked = _prove(module, new, run, reference)
     described = {f: list(v) for f, v in fields.items()}
     if why:
         return {"not_updated": f"a model built from the config with {described} {why}: the "
@@ -77,7 +77,7 @@ def update(module: nn.Module, changes: list[Change], inputs: Any,
                       f"shapes (outputs not re-checked above {CHECK_LIMIT:.0e} parameters)"}
 
 
-def _prove(module: nn.Module, config: Any, inputs: Any,
+def _prove(module: nn.Module, config: Any, run: Callable[[nn.Module], list[Any]],
            reference: list[Any]) -> tuple[str, bool]:
     """Why a model built from ``config`` is not the pruned model ("" where it is), and
     whether its outputs were compared."""
@@ -98,12 +98,9 @@ def _prove(module: nn.Module, config: Any, inputs: Any,
             False
     if sum(p.numel() for p in module.parameters()) > CHECK_LIMIT:
         return "", False
-    from prunepass.frontends.torch.adapter import _flatten_outputs
-    from prunepass.frontends.torch.trace import _no_cache
-    built = cls(config).to(next(module.parameters()).dtype).eval()
+    built = cls(config).to(next(module.parameters()).dtype)
     built.load_state_dict(mine)
-    with torch.no_grad(), _no_cache(built, []):
-        outs = _flatten_outputs(inputs.call(built))
+    outs = run(built)
     if len(outs) != len(reference) or any(a.shape != b.shape for a, b in zip(outs, reference)):
         return "gives outputs of other shapes", True
     err = relative_error(outs, reference)

@@ -17,7 +17,6 @@ import torch.nn as nn
 import torch.nn.utils.parametrize as parametrize
 
 from prunepass.frontends.torch import hf_config, weight_masks
-from prunepass.frontends.torch.trace import _no_cache
 from prunepass.numerics import relative_error
 
 TOLERANCE = 1e-4  # relative to the largest output; the same ATen ops in another order
@@ -26,10 +25,18 @@ TOLERANCE = 1e-4  # relative to the largest output; the same ATen ops in another
 Change = tuple[str, str, Any, Any]  # module path, attribute, old, new
 
 
+class Unsettable(Exception):
+    """A module refused a new value for one of its attributes."""
+
+
 def _set(mod: nn.Module, path: str, attr: str, value: Any, log: list[Change]) -> None:
     old = getattr(mod, attr, None)
     if old != value:
-        setattr(mod, attr, value)
+        try:
+            setattr(mod, attr, value)
+        except Exception as e:  # a read-only property, a frozen dataclass, a custom setattr
+            raise Unsettable(f"{path or type(mod).__name__}.{attr} cannot be set to {value} "
+                             f"({type(e).__name__}: {e})") from e
     log.append((path, attr, old, value))
 
 
@@ -148,18 +155,6 @@ def shape_numbers(root: nn.Module, rewrites: list[tuple[str, int, int]]
     return log, missing
 
 
-def _outputs(module: nn.Module, adapter: Any) -> list[Any]:
-    from prunepass.frontends.torch.adapter import _flatten_outputs
-    training = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        with torch.no_grad(), _no_cache(module, []):
-            return _flatten_outputs(adapter._inputs.call(module))
-    finally:
-        for m, t in training.items():
-            m.training = t
-
-
 def _unshare(module: nn.Module, caller: nn.Module) -> None:
     """Tensors the pruning left as they were still share storage with the caller's model:
     give them their own, so training the result never changes the caller's."""
@@ -212,11 +207,14 @@ def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
             holder._parameters[leaf] = graph_holder.parametrizations[leaf].original
         weight_masks.apply(module, masks, copy_params=False)
         info["weight_masks"] = sorted(masks)
-    sizes = layer_sizes(module)
-    numbers, missing = shape_numbers(module, adapter.rewrites)
+    try:
+        sizes = layer_sizes(module)
+        numbers, missing = shape_numbers(module, adapter.rewrites)
+    except Unsettable as e:
+        return fallback(str(e))
     info["updated"] = describe(sizes + numbers)
     try:
-        mine, ref = _outputs(module, adapter), adapter.run()
+        mine, ref = adapter.run(module=module), adapter.run()
     except Exception as e:  # the user's forward may fail in any way on the new sizes
         why = f"{type(module).__name__}.forward() fails on the pruned sizes: " \
               f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
@@ -241,7 +239,8 @@ def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
         _unshare(module, adapter.caller)
     info["returned"] = "own-class"
     if hf_config.is_hf(module):
-        info["config"] = hf_config.update(module, sizes + numbers, adapter._inputs, ref)
+        info["config"] = hf_config.update(module, sizes + numbers,
+                                          lambda m: adapter.run(module=m), ref)
     return module, info
 
 

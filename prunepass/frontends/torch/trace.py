@@ -35,7 +35,7 @@ def _export_args(inputs: Inputs) -> tuple[Inputs, tuple[Any, ...] | dict[str, An
 
 
 @contextmanager
-def _no_cache(model: torch.nn.Module, notes: list[str]) -> Iterator[None]:
+def no_cache(model: torch.nn.Module, notes: list[str]) -> Iterator[None]:
     """Hugging Face models return a KV cache object (DynamicCache) that torch.export cannot
     flatten; pruning needs no cache, so it is off while tracing and restored after."""
     config = getattr(model, "config", None)
@@ -86,7 +86,7 @@ def export_program(model: torch.nn.Module, example_inputs: Any,
     model.eval()
     doubled, dyn = _export_args(inputs)
     try:
-        with _no_cache(model, notes):
+        with no_cache(model, notes):
             try:
                 ep = torch.export.export(model, doubled.args, doubled.kwargs or None,
                                          dynamic_shapes=_by_name(model, doubled, dyn),

@@ -105,9 +105,10 @@ def apply(root: nn.Module, masks: dict[str, Any], copy_params: bool = True) -> N
                             f"parameter has {list(current.shape)}")
         existing = _mask_module(holder, leaf)
         with torch.no_grad():
-            if existing is not None:
-                existing.mask.mul_(mask)
-                holder.parametrizations[leaf].original.mul_(existing.mask)
+            if existing is not None:  # new data, not in place: the storage may be shared
+                existing.mask.data = existing.mask * mask
+                original = holder.parametrizations[leaf].original
+                original.data = original * existing.mask
                 continue
             p = holder._parameters.get(leaf)
             if not isinstance(p, nn.Parameter):
