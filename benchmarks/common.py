@@ -15,6 +15,21 @@ from prunepass.testing import randomize  # noqa: F401  (re-exported for the scri
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def machine() -> str:
+    """This machine in words: architecture, CPU model, cores, memory."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (OSError, ValueError):
+        mem = float("nan")
+    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB"
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, peak_rss_mb  # noqa: E402
+from common import RESULTS, machine, peak_rss_mb  # noqa: E402
 
 SHAPES = {  # hidden, layers, query heads, key/value heads, intermediate, dtype
     "tiny": (256, 2, 8, 2, 688, "float32"),
@@ -124,7 +123,7 @@ def main() -> None:
     out = RESULTS / a.out
     out.write_text(json.dumps({
         "command": "python benchmarks/llm_scale.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "machine": machine(),
         "date": date.today().isoformat(), "measured": "wall time and ru_maxrss, here",
         "rows": rows}, indent=1))
     print(f"wrote {out}")

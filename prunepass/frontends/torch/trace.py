@@ -4,6 +4,7 @@ The GraphModule holds the model's own Parameter and buffer objects (torch.export
 unlifting registers the same tensors), so tracing costs no copy of the weights."""
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -21,17 +22,18 @@ def _dynamic(x: Any) -> tuple[Any, Any]:
     return x, None
 
 
-def _export_args(inputs: Inputs) -> tuple[Inputs, tuple[Any, ...] | dict[str, Any]]:
+def _export_args(model: torch.nn.Module, inputs: Inputs) -> tuple[Inputs, Any]:
     """Export with a symbolic batch size so the pruned module accepts any batch. A batch of
-    one would be specialised by torch.export, so it is doubled for tracing only."""
+    one would be specialised by torch.export, so it is doubled for tracing only. With
+    keyword inputs, torch.export wants the dynamic shapes keyed by parameter name."""
     args = [_dynamic(a) for a in inputs.args]
     kwargs = {k: _dynamic(v) for k, v in inputs.kwargs.items()}
     doubled = Inputs(tuple(a for a, _ in args), {k: a for k, (a, _) in kwargs.items()})
-    if kwargs:
-        dyn: Any = {**{f"__arg{i}": d for i, (_, d) in enumerate(args)},
-                    **{k: d for k, (_, d) in kwargs.items()}}
-        return doubled, dyn
-    return doubled, tuple(d for _, d in args)
+    if not kwargs:
+        return doubled, tuple(d for _, d in args)
+    names = list(inspect.signature(model.forward).parameters)
+    return doubled, {**{names[i]: d for i, (_, d) in enumerate(args)},
+                     **{k: d for k, (_, d) in kwargs.items()}}
 
 
 @contextmanager
@@ -84,12 +86,12 @@ def export_program(model: torch.nn.Module, example_inputs: Any,
     notes = notes if notes is not None else []
     training = {m: m.training for m in model.modules()}
     model.eval()
-    doubled, dyn = _export_args(inputs)
+    doubled, dyn = _export_args(model, inputs)
     try:
         with no_cache(model, notes):
             try:
                 ep = torch.export.export(model, doubled.args, doubled.kwargs or None,
-                                         dynamic_shapes=_by_name(model, doubled, dyn),
+                                         dynamic_shapes=dyn,
                                          strict=False)
             except Exception:  # some models cannot have a symbolic batch: trace them static
                 ep = torch.export.export(model, inputs.args, inputs.kwargs or None,
@@ -102,19 +104,6 @@ def export_program(model: torch.nn.Module, example_inputs: Any,
         for m, t in training.items():
             m.training = t
     return ep
-
-
-def _by_name(model: torch.nn.Module, inputs: Inputs, dyn: Any) -> Any:
-    """torch.export wants dynamic shapes keyed by forward()'s parameter names when keyword
-    inputs are given."""
-    if not isinstance(dyn, dict):
-        return dyn
-    import inspect
-    names = list(inspect.signature(model.forward).parameters)
-    out = {k: v for k, v in dyn.items() if not k.startswith("__arg")}
-    for i in range(len(inputs.args)):
-        out[names[i]] = dyn[f"__arg{i}"]
-    return out
 
 
 def graph_module(ep: torch.export.ExportedProgram,
