@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from prunepass.errors import PrunepassError
+from prunepass.paths import check_outputs
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202
@@ -34,23 +35,6 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
 
 TORCH_OUTPUTS = (".pt2", ".pt", ".onnx")
-
-
-def check_output(out: str, model: str, onnx_input: bool) -> None:
-    """Refuse a bad -o before any work is done: its kind, its folder, and never the input."""
-    path = Path(out)
-    if path.is_dir():
-        raise PrunepassError(f"output {out!r} is a folder: name a file in it")
-    allowed = (".onnx",) if onnx_input else TORCH_OUTPUTS
-    if path.suffix not in allowed:
-        raise PrunepassError(f"output {out!r}: use a " + (
-            ".onnx file name (an ONNX model is written as ONNX)" if onnx_input else
-            ".pt2 (torch.export archive), .pt (pickled module) or .onnx file name"))
-    if not path.parent.is_dir():
-        raise PrunepassError(f"output {out!r}: folder {str(path.parent)!r} does not exist")
-    src = Path(model)
-    if path.exists() and src.exists() and path.samefile(src):
-        raise PrunepassError(f"output {out!r} is the input model: choose another file name")
 
 
 def save_model(module: Any, example_inputs: Any, out: str) -> str:
@@ -97,8 +81,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     import prunepass
     from prunepass.pm import DumpIR, PassManager, TimePasses, VerifyIR
     from prunepass.report import format_record
-    if args.output:
-        check_output(args.output, args.model, args.model.endswith(".onnx"))
+    onnx_input = args.model.endswith(".onnx")
+    check_outputs({"-o": (args.output, (".onnx",) if onnx_input else TORCH_OUTPUTS, False),
+                   "--report": (args.report, (), False), "--plot": (args.plot, (), False),
+                   "--dump-ir": (args.dump_ir, (), True)}, [args.model, args.record])
     model, inputs = _load(args)
     instruments = [TimePasses(), VerifyIR()] + ([DumpIR(args.dump_ir)] if args.dump_ir else [])
     pm = PassManager(args.pipeline, instruments=instruments)
@@ -137,6 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from prunepass.record import Record
     from prunepass.report import format_record
+    check_outputs({"--plot": (args.plot, (), False)}, [args.record])
     rec = Record.load(args.record)
     print(format_record(rec, top_layers=args.top))
     if args.plot:
@@ -323,7 +310,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunepass", description="A pruning compiler: trace a "
-                                "model to a graph IR, run passes, emit a smaller model.")
+                                "model to a graph IR, run passes, emit a smaller model.",
+                                epilog="exit status: 0 done, 2 an error in what was given "
+                                "(one line on stderr), 3 an internal error")
+    p.add_argument("--debug", action="store_true",
+                   help="on an error, show the Python traceback (anywhere on the line)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("passes", help="list every pass with its options")
@@ -446,13 +437,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except PrunepassError as e:
+        if debug:
+            raise
         msg = " ".join(str(e).split())
         print(f"prunepass: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("prunepass: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug or an unforeseen input: one line, the traceback on demand
+        if debug:
+            raise
+        msg = " ".join(str(e).split())[:300] or type(e).__name__
+        print(f"prunepass: internal error ({type(e).__name__}): {msg}; run with --debug for "
+              "the traceback", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -117,16 +117,66 @@ def test_run_reads_a_pt2_archive_and_writes_onnx(tmp_path, capsys):
         np.testing.assert_allclose(got, res.model(x).numpy(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("output, words", [
-    ("{tmp}/missing/m.pt2", ["folder", "does not exist"]),
-    ("{tmp}/m.txt", [".pt2", ".pt", ".onnx"]),
-    ("{tmp}", ["is a folder"]),
+@pytest.mark.parametrize("option, target, words", [
+    ("-o", "{tmp}/m.txt", ["ending in .onnx"]),
+    ("-o", "{tmp}", ["is a folder"]),
+    ("-o", "{tmp}/afile/m.pt2", ["is a file, not a folder"]),
+    ("--report", "{tmp}/model.onnx", ["is the input"]),
+    ("--report", "{tmp}/sub/../model.onnx", ["is the input"]),
+    ("-o", "{tmp}/hard.onnx", ["is the input"]),
+    ("--dump-ir", "{tmp}/afile", ["is a file, not a folder"]),
+    ("--plot", "{tmp}/link.onnx", ["is the input"]),
 ])
-def test_bad_output_is_refused_before_any_work(tmp_path, capsys, output, words):
-    argv = ["run", "torchvision:resnet18", "--input-shape", "1,3,32,32", "-q",
-            "-o", output.format(tmp=tmp_path)]
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's legacy ONNX exporter
+def test_bad_outputs_are_refused_before_any_work(tmp_path, capsys, option, target, words):
+    import os
+    import torchvision
+    src = tmp_path / "model.onnx"
+    torch.onnx.export(torchvision.models.resnet18().eval(), (torch.randn(1, 3, 32, 32),),
+                      str(src), dynamo=False)
+    before = src.read_bytes()
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "sub").mkdir()
+    os.link(src, tmp_path / "hard.onnx")
+    os.symlink(src, tmp_path / "link.onnx")
+    argv = ["run", str(src), "-q", option, target.format(tmp=tmp_path)]
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""  # nothing traced, pruned or printed
     for w in words:
         assert w in captured.err
+    assert src.read_bytes() == before
+
+
+def test_missing_output_folders_are_created(tmp_path, capsys):
+    out, rep = tmp_path / "a" / "b" / "m.pt2", tmp_path / "c" / "r.json"
+    assert main(["run", "torchvision:resnet18", "--input-shape", "1,3,32,32", "-q",
+                 "-o", str(out), "--report", str(rep)]) == 0
+    assert out.is_file() and rep.is_file()
+    assert main(["run", "torchvision:resnet18", "-q", "-o", str(out), "--report",
+                 str(out)]) == 2
+    assert "name the same file" in capsys.readouterr().err
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
+    import prunepass.cli as cli
+
+    def broken(args):  # noqa: ANN001, ANN202
+        raise KeyError("boom")
+    monkeypatch.setattr(cli, "cmd_passes", broken)
+    assert main(["passes"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error (KeyError)" in err and "--debug" in err
+    with pytest.raises(KeyError):
+        main(["passes", "--debug"])
+
+
+@pytest.mark.parametrize("pipeline, words", [
+    ("prune-channels<ratio=0.5,ratio=0.1>", ["'ratio' is given twice"]),
+    ("prune-channels<ignore=[fc,[conv1]]>", ["lists do not nest"]),
+])
+def test_pipeline_mistakes_are_errors(pipeline, words):
+    with pytest.raises(prunepass.PipelineError) as e:
+        prunepass.parse_pipeline(pipeline)
+    for w in words:
+        assert w in str(e.value)

@@ -35,7 +35,11 @@ class Option:
                     raise ValueError(value)
             elif self.type is list:
                 if isinstance(value, str):
-                    value = [s.strip() for s in value.strip("[]").split(",") if s.strip()]
+                    body = value.strip()
+                    body = body[1:-1] if body.startswith("[") and body.endswith("]") else body
+                    if "[" in body or "]" in body:
+                        raise PipelineError(f"{where}: lists do not nest, got {value!r}")
+                    value = [s.strip() for s in body.split(",") if s.strip()]
                 elif isinstance(value, (list, tuple)):
                     value = [str(s) for s in value]
                 else:

@@ -53,8 +53,10 @@ def parse_item(item: str, full: str) -> Pass:
             if "=" not in opt:
                 raise PipelineError(f"pipeline syntax error in {item!r}: option {opt.strip()!r} "
                                     "needs the form key=value")
-            key, value = opt.split("=", 1)
-            opts[key.strip()] = value.strip()
+            key, value = (x.strip() for x in opt.split("=", 1))
+            if key in opts:
+                raise PipelineError(f"pipeline {item!r}: option {key!r} is given twice")
+            opts[key] = value
     if not _NAME.match(name):
         raise PipelineError(f"pipeline syntax error in {full!r}: {name!r} is not a pass name")
     return lookup(name)(**opts)
