@@ -99,6 +99,10 @@ def apply_record(model: Any, example_inputs: Sequence[Any] | Any, record: Record
     its channel choices replaced by exactly the channels the record kept."""
     from prunepass.passes.transform.apply_record import ApplyRecord
     rec = record if isinstance(record, Record) else Record.load(record)
+    in_place = kw.pop("in_place", False)
+    if not isinstance(model, ModelAdapter):  # trace once, check it is the record's model
+        model = load(model, example_inputs, in_place=in_place)
+    rec.check_model(model.graph, model.frontend)
     passes, applied = [], False
     for p in parse_pipeline(rec.pipeline):
         if p.name in ("prune-channels", "apply-record"):
@@ -109,4 +113,4 @@ def apply_record(model: Any, example_inputs: Sequence[Any] | Any, record: Record
             passes.append(p)  # weight masks are recomputed: records keep no masks
     if not applied:
         passes.insert(0, ApplyRecord(record=rec))
-    return prune(model, example_inputs, PassManager(passes), **kw)
+    return prune(model, example_inputs, PassManager(passes), in_place=in_place, **kw)

@@ -83,15 +83,94 @@ class Record:
 
     @classmethod
     def load(cls, path: str | Path) -> "Record":
+        p = Path(path)
+        if p.is_dir():
+            raise PlanError(f"record {path} is a folder, not a record file")
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(p.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise PlanError(f"record {path} does not exist") from None
+        except UnicodeDecodeError:
+            raise PlanError(f"record {path} is not UTF-8 text") from None
         except json.JSONDecodeError as e:
             raise PlanError(f"record {path} is not valid JSON: {e}") from None
-        if data.get("format") != FORMAT:
-            raise PlanError(f"record {path} has format {data.get('format')!r}, expected {FORMAT}")
+        except OSError as e:
+            raise PlanError(f"record {path} cannot be read ({e.strerror})") from None
+        validate(data, str(path))
         return cls(**data)
+
+    def check_model(self, graph: Any, frontend: str) -> None:
+        """Refuse a model other than the one the record was made on: on the same frontend
+        its tensors (names and shapes before pruning) must be the record's; across frontends
+        (a torch record on its ONNX export) every tensor both know must agree in shape."""
+        if not self.shapes_before:
+            return
+        mine = {k: list(v.shape) for k, v in graph.state.items()}
+        theirs = self.shapes_before
+        differ = [k for k in theirs if k in mine and mine[k] != theirs[k]]
+        problems = [f"{k} is {mine[k]}, the record's {theirs[k]}" for k in differ[:2]]
+        if frontend == self.frontend:
+            missing = [k for k in theirs if k not in mine]
+            extra = [k for k in mine if k not in theirs]
+            problems += [f"the model lacks {k}" for k in missing[:2]]
+            problems += [f"the record does not know {k}" for k in extra[:2]]
+        else:  # an exporter folds and renames some tensors; layers it keeps by name
+            extra = [k for k in mine if k not in theirs and k.endswith((".weight", ".bias"))]
+            problems += [f"the record does not know {k}" for k in extra[:2]]
+        if problems:
+            raise PlanError(f"the record was made on another model ({self.model}, "
+                            f"{len(theirs)} tensors; this one has {len(mine)}): "
+                            + "; ".join(problems))
+
+
+_TYPES = {"model": str, "frontend": str, "pipeline": str, "format": str, "cost_before": dict,
+          "cost_after": dict, "passes": list, "keep": dict, "shapes_before": dict,
+          "shapes_after": dict, "energy_before": dict, "energy_after": dict,
+          "energy_nodes_before": dict, "energy_nodes_after": dict, "output": dict}
+_REQUIRED = ("model", "frontend", "pipeline", "format")
+
+
+def _index(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31
+
+
+def validate(data: Any, where: str) -> None:
+    """A record file as written by Record.save: every field of its type, ``keep`` a map of
+    tensor -> axis -> sorted unique channel indices within the tensor's shape."""
+    if not isinstance(data, dict):
+        raise PlanError(f"record {where} must be a JSON object, not {type(data).__name__}")
+    if data.get("format") != FORMAT:
+        raise PlanError(f"record {where} has format {data.get('format')!r}, expected {FORMAT}")
+    for k in _REQUIRED:
+        if k not in data:
+            raise PlanError(f"record {where} lacks the field {k!r}")
+    for k, v in data.items():
+        if k not in _TYPES:
+            raise PlanError(f"record {where} has an unknown field {k!r}")
+        if not isinstance(v, _TYPES[k]):
+            raise PlanError(f"record {where}: field {k!r} must be a JSON "
+                            f"{'object' if _TYPES[k] is dict else _TYPES[k].__name__}")
+    shapes = data.get("shapes_before", {})
+    for name, shape in shapes.items():
+        if not isinstance(shape, list) or not all(_index(s) for s in shape):
+            raise PlanError(f"record {where}: shapes_before[{name!r}] must be a list of sizes")
+    for name, axes in data.get("keep", {}).items():
+        if not isinstance(axes, dict):
+            raise PlanError(f"record {where}: keep[{name!r}] must map axes to index lists")
+        for axis, idx in axes.items():
+            shape = shapes.get(name)
+            if not axis.isdigit() or (shape is not None and int(axis) >= len(shape)):
+                raise PlanError(f"record {where}: keep[{name!r}] names axis {axis!r}, which "
+                                f"the tensor{f' of shape {shape}' if shape else ''} lacks")
+            if not isinstance(idx, list) or not all(_index(i) for i in idx) or not idx:
+                raise PlanError(f"record {where}: keep[{name!r}][{axis!r}] must be a "
+                                "non-empty list of channel indices")
+            if any(b <= a for a, b in zip(idx, idx[1:])):
+                raise PlanError(f"record {where}: keep[{name!r}][{axis!r}] must be sorted "
+                                "and without repeats")
+            if shape is not None and idx[-1] >= shape[int(axis)]:
+                raise PlanError(f"record {where}: keep[{name!r}][{axis!r}] holds index "
+                                f"{idx[-1]}, beyond the axis's {shape[int(axis)]} channels")
 
 
 def _energy(am: Any) -> tuple[dict[str, Any], dict[str, list]]:

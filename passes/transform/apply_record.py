@@ -18,11 +18,22 @@ def removed_from_record(cg, graph: Graph, record: Record) -> np.ndarray:  # noqa
         if v is None:
             continue
         matched += 1
+        before = record.shapes_before.get(name)
+        if before is not None and list(before) != list(v.shape):
+            raise PlanError(f"the record's {name} had shape {list(before)}, this model's has "
+                            f"{list(v.shape)}: the record was made on another model")
         for axis, kept in axes.items():
             axis = int(axis)
+            if not 0 <= axis < v.ndim:
+                raise PlanError(f"the record keeps channels of {name} along axis {axis}, "
+                                f"which a tensor of shape {list(v.shape)} lacks")
             cls = cg.classes_of(v.name, axis)
+            kept = np.asarray(kept, dtype=np.int64)
+            if kept.size == 0 or kept.min() < 0 or kept.max() >= len(cls):
+                raise PlanError(f"the record keeps channels of {name} axis {axis} outside "
+                                f"its {len(cls)} channels")
             gone = np.ones(len(cls), bool)
-            gone[np.asarray(kept, dtype=np.int64)] = False
+            gone[kept] = False
             removed[cls[gone]] = True
     if record.keep and not matched:
         raise PlanError("the record names no tensor of this model: was it made for another "
