@@ -50,3 +50,29 @@ def test_cli_errors_are_one_line(argv, words, capsys):
     assert err.startswith("prunepass: error: ") and err.count("\n") == 1
     for w in words:
         assert w in err, (w, err)
+
+
+def _fingerprint(model):  # noqa: ANN001, ANN202
+    import hashlib
+    h = hashlib.sha256()
+    for k, t in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest(), [m.training for m in model.modules()]
+
+
+def test_measuring_leaves_the_callers_model_as_it_was():
+    import torchvision
+    from prunepass.backends.measure.measure import measure, runner
+    model = torchvision.models.resnet18()
+    model.train()
+    model.bn1.eval()  # frozen batch norm inside a model in training mode
+    x = torch.randn(1, 3, 32, 32)
+    before = _fingerprint(model)
+    for backend in ("torch", "ort"):
+        runner(backend, model, (x,))()
+        assert _fingerprint(model) == before, backend
+    measure("torch", model, (x,), repeats=2, number=1, warmup=1)
+    assert _fingerprint(model) == before
+    res = prunepass.prune(model, (x,))
+    assert _fingerprint(model) == before and res.model.training

@@ -82,7 +82,8 @@ def _torch_runner(model: Any, inputs: Sequence[Any], threads: int | None) -> Run
     device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
     if threads:
         torch.set_num_threads(threads)
-    model.eval()
+    import copy
+    model = copy.deepcopy(model).eval()  # timed in eval mode; the caller's flags stay theirs
 
     def fn() -> Any:
         with torch.inference_mode():
