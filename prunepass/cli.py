@@ -308,6 +308,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo(quick=args.quick)
 
 
+def _at_least(lo: int):  # noqa: ANN202
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunepass", description="A pruning compiler: trace a "
                                 "model to a graph IR, run passes, emit a smaller model.",
@@ -360,8 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default accuracy,macs)")
     s.add_argument("--constraint", action="append", default=[], metavar="NAME=VALUE",
                    help="repeatable: accuracy_drop=1, accuracy=95, latency_ms=4, macs=0.5x, ...")
-    s.add_argument("--trials", type=int, default=40, help="trials the study holds in the end")
-    s.add_argument("--population", type=int, default=16, help="NSGA-II population size")
+    s.add_argument("--trials", type=_at_least(1), default=40,
+                   help="trials the study holds in the end")
+    s.add_argument("--population", type=_at_least(2), default=16,
+                   help="NSGA-II population size (at least 2)")
     s.add_argument("--max-ratio", type=float, default=0.8, help="largest ratio per group")
     s.add_argument("--ratio-step", type=float, default=0.05, help="grid of the ratios")
     s.add_argument("--round-to", type=_int_list, default=[1],

@@ -41,14 +41,35 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[Any, tuple[An
     import sys
     if os.getcwd() not in sys.path:  # like `python -m`: modules of the current folder import
         sys.path.insert(0, os.getcwd())
+    if not where or not name:
+        raise TraceError(f"model {spec!r}: use package.module:factory (both parts named)")
     try:
         module = importlib.import_module(where)
     except ImportError as e:
         raise TraceError(f"model {spec!r}: cannot import {where!r} ({e})") from None
+    except SyntaxError as e:
+        raise TraceError(f"model {spec!r}: {e.filename}:{e.lineno}: syntax error: {e.msg}") \
+            from None
+    except Exception as e:  # the module's own code failed while importing
+        raise TraceError(f"model {spec!r}: importing {where!r} raised "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") \
+            from e
     factory = getattr(module, name, None)
     if factory is None:
         raise TraceError(f"model {spec!r}: {where} has no attribute {name!r}")
-    made = factory()
+    if not callable(factory):
+        raise TraceError(f"model {spec!r}: {where}.{name} is a {type(factory).__name__}, "
+                         "not a function that makes the model")
+    try:
+        made = factory()
+    except TypeError as e:
+        raise TraceError(f"model {spec!r}: {name}() must be callable without arguments "
+                         f"({e})") from None
+    except MemoryError:
+        raise TraceError(f"model {spec!r}: {name}() ran out of memory") from None
+    except Exception as e:  # the user's factory failed
+        raise TraceError(f"model {spec!r}: {name}() raised {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
     if isinstance(made, tuple) and len(made) == 2:
         model, inputs = made
         inputs = inputs if isinstance(inputs, (tuple, list, dict)) else (inputs,)

@@ -43,13 +43,58 @@ def test_wrong_example_inputs():
     (["run", "nosuchpackage:make"], ["cannot import 'nosuchpackage'"]),
     (["run", "torchvision:resnet18", "--input-shape", "1,x"], ["input shape"]),
     (["report", "/nonexistent/r.json"], ["does not exist"]),
+    (["run", ":make"], ["both parts named"]),
+    (["run", "badsyntax:make"], ["badsyntax.py:1: syntax error"]),
+    (["run", "badfactories:raises"], ["raises() raised RuntimeError: no weights here"]),
+    (["run", "badfactories:needs_args"], ["callable without arguments"]),
+    (["run", "badfactories:not_callable"], ["not a function"]),
+    (["run", "badimport:make"], ["importing 'badimport' raised ValueError: at import"]),
+    (["run", "torchvision:resnet18", "--input-shape", "1,3,32,32", "-p",
+      "prune-channels<seed=-1>"], ["seed", "must be >= 0"]),
+    (["run", "torchvision:resnet18", "--input-shape", "1,3,32,32", "-p", "apply-record"],
+     ["needs path=FILE"]),
+    (["run", "torchvision:resnet18", "--input-shape", "1,3,32,32", "-p",
+      "apply-record<path=/>"], ["is a folder"]),
+    (["run", "torchvision:resnet18", "--input-shape", "1,3,32,32", "-p",
+      "prune-channels<group-ratios=[conv1.weight:0.3,layer1.0.conv2.weight:0.5]>"],
+     ["already has a ratio"]),
+    (["run", "torchvision:resnet18", "--input-shape", "1,3,32,32", "-p",
+      "prune-channels<group-ratios=[fc.weight:0.3]>"], ["cannot be pruned"]),
+    (["run", "torchvision:resnet18", "-p", "nm-sparsity<n=3,m=2>"], ["need n <= m"]),
 ])
-def test_cli_errors_are_one_line(argv, words, capsys):
+def test_cli_errors_are_one_line(argv, words, capsys, tmp_path, monkeypatch):
+    # model factories of the user's that fail in each way, importable from the folder
+    (tmp_path / "badfactories.py").write_text(
+        "def raises():\n    raise RuntimeError('no weights here')\n"
+        "def needs_args(width):\n    return None\n"
+        "not_callable = 3\n")
+    (tmp_path / "badsyntax.py").write_text("def make(:\n")
+    (tmp_path / "badimport.py").write_text("raise ValueError('at import')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
     assert main(argv + (["-q"] if argv[0] == "run" else [])) == 2
     err = capsys.readouterr().err
     assert err.startswith("prunepass: error: ") and err.count("\n") == 1
     for w in words:
         assert w in err, (w, err)
+
+
+def test_search_population_must_hold_two(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["search", "torchvision:resnet18", "--population", "1"])
+    assert e.value.code == 2
+    assert "must be at least 2, got 1" in capsys.readouterr().err
+
+
+def test_onnx_opset_beyond_onnxruntime_is_refused(tmp_path):
+    import onnx
+    src = tmp_path / "m.onnx"
+    torch.onnx.export(nn.Linear(4, 4), (torch.randn(1, 4),), str(src), dynamo=False)
+    model = onnx.load(str(src))
+    model.opset_import[0].version = 99
+    onnx.save(model, str(tmp_path / "future.onnx"))
+    with pytest.raises(TraceError, match="declares ONNX opset 99; .* handle opsets 7 to"):
+        prunepass.prune(str(tmp_path / "future.onnx"))
 
 
 def _fingerprint(model):  # noqa: ANN001, ANN202

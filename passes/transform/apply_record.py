@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from prunepass.errors import PlanError
+from prunepass.errors import PipelineError, PlanError
 from prunepass.ir.graph import Graph
 from prunepass.pm import Option, PreservedAnalyses, TransformPass, TransformResult, register
 from prunepass.record import Record
@@ -52,6 +52,9 @@ class ApplyRecord(TransformPass):
         self.record = record
 
     def run(self, graph: Graph, am) -> TransformResult:  # noqa: ANN001
+        if self.record is None and not self["path"]:
+            raise PipelineError("pass 'apply-record' needs path=FILE, the record JSON that "
+                                "`prunepass run --report` wrote")
         record = self.record or Record.load(self["path"])
         cg = am.get("channel-groups")
         removed = removed_from_record(cg, graph, record)

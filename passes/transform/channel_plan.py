@@ -29,7 +29,7 @@ PLAN_OPTIONS = (
            "are left alone, e.g. [classifier*,fc]"),
     Option("exact-only", bool, False, "only prune groups whose removal equals zeroing "
            "(skips channels normalised by layer/group norm)"),
-    Option("seed", int, 0, "seed of the random importance"),
+    Option("seed", int, 0, "seed of the random importance", check=at_least(0)),
     Option("tie-sizes", bool, True, "groups one module reshapes with the same number (the "
            "q, k and v head dims of an attention module) keep the same count, so the "
            "module's own class runs the pruned model"),
@@ -234,5 +234,12 @@ def parse_group_ratios(items: list[str], cg) -> dict[int, float]:  # noqa: ANN00
         if name not in by_param:
             raise PipelineError(f"group-ratios entry {item!r}: no group is produced by "
                                 f"{name!r} (`prunepass groups MODEL` lists them)")
-        out[by_param[name]] = r
+        gid = by_param[name]
+        if gid in out:
+            raise PipelineError(f"group-ratios entry {item!r}: that group already has a "
+                                "ratio (an earlier entry names it or another of its producers)")
+        if r > 0 and not cg.by_id(gid).prunable.any():
+            raise PipelineError(f"group-ratios entry {item!r}: the group cannot be pruned "
+                                f"({', '.join(cg.by_id(gid).reasons) or 'pinned'})")
+        out[gid] = r
     return out

@@ -39,7 +39,7 @@ class NMSparsity(TransformPass):
         Option("importance", str, "l2", "per weight: magnitude (l1/l2/magnitude), taylor, "
                "random", WEIGHT_CRITERIA),
         Option("ignore", list, [], "parameter name patterns left dense, e.g. [fc2*]"),
-        Option("seed", int, 0, "seed of the random importance"),
+        Option("seed", int, 0, "seed of the random importance", check=at_least(0)),
     )
 
     def __init__(self, **opts) -> None:  # noqa: ANN003

@@ -3,6 +3,7 @@ is a TraceError that names the file (and the tensor) and says what to do. The fi
 is only read, never written."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import onnx
@@ -57,9 +58,37 @@ def _check_external_files(model: onnx.ModelProto, path: Path) -> None:
                              f"which holds only {f.stat().st_size}: the data file is truncated")
 
 
+@functools.lru_cache(maxsize=1)
+def max_opset() -> int:
+    """The newest default-domain opset that both onnx and onnxruntime here handle: found by
+    opening a one-node model at each opset, newest first (milliseconds, once)."""
+    import onnxruntime as ort
+    from onnx import helper
+    for v in range(onnx.defs.onnx_opset_version(), 6, -1):
+        g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", v)])
+        try:
+            ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            return v
+        except Exception:  # onnxruntime refuses an opset it does not know
+            continue
+    return 7
+
+
+def check_opset(model: onnx.ModelProto, where: str) -> None:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and not 7 <= imp.version <= max_opset():
+            raise TraceError(f"{where} declares ONNX opset {imp.version}; prunepass and "
+                             f"onnxruntime here handle opsets 7 to {max_opset()}: re-export "
+                             "it with an opset in that range")
+
+
 def check(model: onnx.ModelProto, where: str) -> None:
     """onnx.checker, with its failure as a TraceError; files over 2 GiB are checked by path
     (the caller passes a path-backed model only then)."""
+    check_opset(model, where)
     try:
         if proto_size(model) < PROTO_LIMIT:
             onnx.checker.check_model(model)
@@ -77,6 +106,7 @@ def load_model(path: str | Path) -> tuple[onnx.ModelProto, set[Path]]:
     except Exception as e:  # protobuf DecodeError and friends
         raise TraceError(f"{p} is not a readable ONNX model (truncated or corrupt file?): "
                          f"{first_line(e)}") from e
+    check_opset(model, str(p))
     _check_external_files(model, p)
     files = {p.resolve()} | {
         (p.parent / e.value).resolve() for t in _external_tensors(model)
