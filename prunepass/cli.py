@@ -214,10 +214,17 @@ def _pruned(args: argparse.Namespace):  # noqa: ANN202
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from prunepass.backends.tvm import compile_model
+    from prunepass.backends.tvm.rpc import RPCTracker
+    if bool(args.rpc_tracker) != bool(args.rpc_key):
+        raise PrunepassError("--rpc-tracker and --rpc-key go together: the tracker's "
+                             "HOST:PORT and the key the device registered with")
+    rpc = RPCTracker.parse(args.rpc_tracker, args.rpc_key, args.rpc_timeout) \
+        if args.rpc_tracker else None
+    check_outputs({"-o": (args.output, (), True)}, [args.model])
     model, pruned, inputs = _pruned(args)
     compiled = compile_model(pruned if pruned is not None else model, inputs, args.target,
                              args.output, trials=args.trials, database=args.database,
-                             name=args.name, progress=not args.quiet)
+                             name=args.name, progress=not args.quiet, rpc=rpc)
     print(f"{args.target}: library {compiled.library} (metadata {compiled.metadata})")
     for p in compiled.device_code:
         print(f"  device code {p}")
@@ -410,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, default=0, help="MetaSchedule trials (0: untuned)")
     s.add_argument("--database", help="tuning database folder (reused across runs)")
     s.add_argument("--name", default="model", help="library file name")
+    s.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                   help="measure tuning candidates on the device behind this TVM RPC tracker "
+                   "(needed to tune for a target this machine cannot run, e.g. aarch64)")
+    s.add_argument("--rpc-key", metavar="KEY", help="the key the device registered with")
+    s.add_argument("--rpc-timeout", type=float, default=30.0,
+                   help="seconds allowed for each exchange with the tracker and device")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_compile)
 

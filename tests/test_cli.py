@@ -180,3 +180,11 @@ def test_pipeline_mistakes_are_errors(pipeline, words):
         prunepass.parse_pipeline(pipeline)
     for w in words:
         assert w in str(e.value)
+
+
+def test_compile_names_its_rpc_tracker(capsys):
+    assert main(["compile", "torchvision:resnet18", "--rpc-tracker", "127.0.0.1:9"]) == 2
+    assert "--rpc-tracker and --rpc-key go together" in capsys.readouterr().err
+    assert main(["compile", "torchvision:resnet18", "--rpc-tracker", "nohost", "--rpc-key",
+                 "k"]) == 2
+    assert "is not host:port" in capsys.readouterr().err

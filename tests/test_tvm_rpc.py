@@ -82,3 +82,42 @@ def test_bad_tracker_address():
     with pytest.raises(RPCError, match="host:port"):
         RPCTracker.parse("localhost", "k")
     assert RPCTracker.parse("10.0.0.5:9190", "rk3588").port == 9190
+
+
+def test_tracker_that_trickles_bytes_is_bounded_by_one_deadline():
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        # a tracker's handshake at once, then a reply one byte every 0.3 s (20 at most):
+        # each read alone returns well within the timeout
+        import struct
+        from tvm.rpc import base
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(4)
+            conn.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+            conn.sendall(struct.pack("<i", 100))
+            for _ in range(20):
+                if stop.wait(0.3):
+                    return
+                try:
+                    conn.sendall(b"\x00")
+                except OSError:
+                    return
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        tracker = RPCTracker("127.0.0.1", server.getsockname()[1], "any", timeout_s=1)
+        start = time.monotonic()
+        with pytest.raises(RPCError, match="within 1 s"):
+            request_session(tracker)
+        assert time.monotonic() - start < 3  # not 20 x 0.3 s
+    finally:
+        stop.set()
+        server.close()
+        t.join(5)

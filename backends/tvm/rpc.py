@@ -151,8 +151,9 @@ class _TrackerSocket:
                            f"with python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port {t.port}"
                            ) from err
         try:
+            deadline = time.monotonic() + t.timeout_s
             self.sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
-            magic = struct.unpack("<i", _recv_exactly(self.sock, 4))[0]
+            magic = struct.unpack("<i", _recv_exactly(self.sock, 4, deadline))[0]
         except (OSError, EOFError) as err:
             self.sock.close()
             raise RPCError(f"{where} accepted a connection but did not answer as an RPC tracker "
@@ -168,23 +169,38 @@ class _TrackerSocket:
 
 def _ask(sock: socket.socket, tracker: RPCTracker, message: list[Any]) -> list[Any]:
     from tvm.rpc import base
+    deadline = time.monotonic() + tracker.timeout_s
     try:
         data = json.dumps(message).encode()
         sock.sendall(struct.pack("<i", len(data)) + data)
-        size = struct.unpack("<i", _recv_exactly(sock, 4))[0]
-        reply = json.loads(_recv_exactly(sock, size).decode())
+        size = struct.unpack("<i", _recv_exactly(sock, 4, deadline))[0]
+        reply = json.loads(_recv_exactly(sock, size, deadline).decode())
     except (OSError, EOFError, ValueError) as err:
         raise RPCError(f"the RPC tracker at {tracker.host}:{tracker.port} did not reply within "
                        f"{tracker.timeout_s:g} s") from err
+    if not isinstance(reply, list) or not reply:
+        raise RPCError(f"the RPC tracker at {tracker.host}:{tracker.port} sent {reply!r}, not "
+                       "a tracker reply")
     if reply[0] != base.TrackerCode.SUCCESS:
         raise RPCError(f"the RPC tracker at {tracker.host}:{tracker.port} refused {message[0]}: "
                        f"{reply}")
     return reply
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+MAX_REPLY = 1 << 24  # bytes: a tracker's replies are small JSON lists
+
+
+def _recv_exactly(sock: socket.socket, size: int, deadline: float) -> bytes:
+    """``size`` bytes by ``deadline`` (time.monotonic()): a peer that trickles bytes cannot
+    hold the caller longer than that, whatever each single read waits."""
+    if not 0 <= size <= MAX_REPLY:
+        raise ValueError(f"a reply of {size} bytes")
     chunks, got = [], 0
     while got < size:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        sock.settimeout(left)
         chunk = sock.recv(size - got)
         if not chunk:
             raise EOFError("connection closed")

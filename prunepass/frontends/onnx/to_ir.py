@@ -65,6 +65,10 @@ def build_graph(model: onnx.ModelProto, facts: Facts, name: str = "model") -> Gr
         if vname not in facts.shapes:
             raise TraceError(f"value {vname!r} has no known shape")
         shape = facts.shapes[vname]
+        if any(not isinstance(d, int) or d < 0 for d in shape):
+            raise TraceError(f"value {vname!r} comes out with shape {list(shape)}: the "
+                             "model's shapes and attributes do not fit together (a damaged "
+                             "file?)")
         return Value(name=vname, shape=shape, dtype=dtype_name(facts.elem.get(vname, 1)),
                      kind=kind, param=param, dynamic_axes=dynamic_axes(vname, len(shape)))
 
