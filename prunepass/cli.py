@@ -11,7 +11,7 @@ from prunepass.paths import check_outputs
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202
-    from prunepass.zoo import load_model, parse_shape
+    from prunepass.zoo import load_model, parse_shape, random_input
     if args.model.endswith(".pt2"):  # a torch.export archive: its own example inputs
         import torch
         if not Path(args.model).is_file():
@@ -23,13 +23,11 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
                                  f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                                  ) from None
         if args.input_shape:
-            return ep, (torch.randn(*parse_shape(args.input_shape)),)
+            return ep, (random_input(parse_shape(args.input_shape)),)
         return ep, None
     if args.model.endswith(".onnx"):  # an ONNX file: inputs from the file unless given
         if args.input_shape:
-            import numpy as np
-            return args.model, (np.random.default_rng(0).standard_normal(
-                parse_shape(args.input_shape)).astype(np.float32),)
+            return args.model, (random_input(parse_shape(args.input_shape)).numpy(),)
         return args.model, None
     return load_model(args.model, args.input_shape)
 

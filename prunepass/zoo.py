@@ -8,6 +8,23 @@ from typing import Any
 from prunepass.errors import TraceError
 
 
+def random_input(shape: tuple[int, ...]) -> Any:
+    """A float32 example input of ``shape``, refused before allocating more than half the
+    machine's memory."""
+    import math
+    import os
+    import torch
+    need = math.prod(shape) * 4
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        have = None
+    if have and need > have // 2:
+        raise TraceError(f"input shape {','.join(map(str, shape))} needs {need / 2**30:.1f} GiB "
+                         f"as float32, more than half this machine's {have / 2**30:.0f} GiB")
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in re.split(r"[,x]", text.strip()))
@@ -36,7 +53,7 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[Any, tuple[An
             raise TraceError(f"torchvision has no classifier {name!r}"
                              + (f"; did you mean {', '.join(near)}?" if near else ""))
         model = torchvision.models.get_model(name, weights=None).eval()
-        return model, (torch.randn(*(shape or (1, 3, 224, 224))),)
+        return model, (random_input(shape or (1, 3, 224, 224)),)
     import os
     import sys
     if os.getcwd() not in sys.path:  # like `python -m`: modules of the current folder import
@@ -76,7 +93,7 @@ def load_model(spec: str, input_shape: str | None = None) -> tuple[Any, tuple[An
     else:
         model, inputs = made, None
     if shape is not None:
-        inputs = (torch.randn(*shape),)
+        inputs = (random_input(shape),)
     if inputs is None:
         raise TraceError(f"model {spec!r}: the factory returned no example inputs; pass "
                          "--input-shape or return (model, example_inputs)")

@@ -61,6 +61,14 @@ def test_wrong_example_inputs():
     (["run", "torchvision:resnet18", "--input-shape", "1,3,32,32", "-p",
       "prune-channels<group-ratios=[fc.weight:0.3]>"], ["cannot be pruned"]),
     (["run", "torchvision:resnet18", "-p", "nm-sparsity<n=3,m=2>"], ["need n <= m"]),
+    (["run", "torchvision:resnet18", "--input-shape", "1,3,32,32", "-p",
+      "sparsity<n=3,m=2>"], ["need n <= m"]),
+    (["run", "torchvision:resnet18", "--input-shape", "100000,3,2240,2240"],
+     ["GiB as float32", "more than half"]),
+    (["run", "torchvision:resnet18", "-p", "prune-channels<ratio=0.5,target-macs=0.5x>"],
+     ["ratio and target-macs", "give one"]),
+    (["run", "torchvision:resnet18", "-p", "prune-channels<target-macs=1e6,target-energy=2>"],
+     ["give one of target-macs"]),
 ])
 def test_cli_errors_are_one_line(argv, words, capsys, tmp_path, monkeypatch):
     # model factories of the user's that fail in each way, importable from the folder
@@ -104,6 +112,28 @@ def _fingerprint(model):  # noqa: ANN001, ANN202
         h.update(k.encode())
         h.update(t.detach().contiguous().numpy().tobytes())
     return h.hexdigest(), [m.training for m in model.modules()]
+
+
+def test_public_entry_points_leave_the_callers_model_as_it_was(tmp_path):
+    import torchvision
+    from prunepass.backends.tvm import compile_model
+    model = torchvision.models.resnet18(num_classes=4)
+    model.train()
+    model.layer1.eval()  # a frozen block inside a model in training mode
+    x = torch.randn(2, 3, 32, 32)
+    before = _fingerprint(model)
+    adapter = prunepass.load(model, (x,))
+    prunepass.PassManager("fold-bn,prune-channels<ratio=0.5>,dce").run(adapter)
+    assert _fingerprint(model) == before, "load + PassManager"
+    res = prunepass.prune(model, (x,), "prune-channels<ratio=0.3>,dce")
+    assert _fingerprint(model) == before, "prune"
+    prunepass.apply_record(model, (x,), res.record)
+    assert _fingerprint(model) == before, "apply_record"
+    prunepass.search(model, (x,), evaluate=lambda m: 0.5, n_trials=2, population_size=2,
+                     progress=False)
+    assert _fingerprint(model) == before, "search"
+    compile_model(model, (x,), "x86", tmp_path / "tvm", trials=0, progress=False)
+    assert _fingerprint(model) == before, "compile"
 
 
 def test_measuring_leaves_the_callers_model_as_it_was():

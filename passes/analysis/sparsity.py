@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from prunepass.errors import PipelineError
 from prunepass.ir import ops
 from prunepass.ir.graph import PARAM, Graph
 from prunepass.pm import AnalysisPass, Option, register
@@ -157,6 +158,12 @@ class SparsityAnalysis(AnalysisPass):
         Option("m", int, 4, "M of the N:M pattern checked per layer", check=at_least(1)),
         Option("sizes", bool, True, "compute stored sizes (dense, zip, bitmask)"),
     )
+
+    def __init__(self, **opts) -> None:  # noqa: ANN003
+        super().__init__(**opts)
+        if self["n"] > self["m"]:
+            raise PipelineError(f"pass 'sparsity': n={self['n']} of every m={self['m']} "
+                                "weights cannot be non-zero; need n <= m")
 
     def run(self, graph: Graph, am) -> SparsityReport:  # noqa: ANN001
         return measure(graph, am.model, self["n"], self["m"], self["sizes"])

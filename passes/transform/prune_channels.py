@@ -124,6 +124,17 @@ class _ChannelTransform(TransformPass):
     options = PLAN_OPTIONS
     mode = "remove"
 
+    def __init__(self, **opts) -> None:  # noqa: ANN003
+        super().__init__(**opts)
+        given = {k.replace("_", "-") for k in opts}
+        targets = sorted(k for k in given if k.startswith("target-") and self[k])
+        if "ratio" in given and targets:
+            raise PipelineError(f"{self.name}: ratio and {targets[0]} both say how much to "
+                                "remove; give one")
+        if len(targets) > 1:
+            raise PipelineError(f"{self.name}: give one of target-macs, target-energy, "
+                                f"target-latency-ms, not {' and '.join(targets)}")
+
     def run(self, graph, am) -> TransformResult:  # noqa: ANN001
         cg, removed, groups, keep, notes = plan_with_budget(graph, am, self.opts)
         changes = {"removed_classes": int(removed.sum()), **notes,
