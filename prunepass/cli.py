@@ -210,14 +210,28 @@ def _pruned(args: argparse.Namespace):  # noqa: ANN202
     return model, prunepass.prune(model, inputs, args.pipeline, progress=False).model, inputs
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
-    from prunepass.backends.tvm import compile_model
-    from prunepass.backends.tvm.rpc import RPCTracker
+def _rpc(args: argparse.Namespace):  # noqa: ANN202
+    """The RPC tracker named on the command line, or None."""
     if bool(args.rpc_tracker) != bool(args.rpc_key):
         raise PrunepassError("--rpc-tracker and --rpc-key go together: the tracker's "
                              "HOST:PORT and the key the device registered with")
-    rpc = RPCTracker.parse(args.rpc_tracker, args.rpc_key, args.rpc_timeout) \
-        if args.rpc_tracker else None
+    if not args.rpc_tracker:
+        return None
+    from prunepass.backends.tvm.rpc import RPCTracker
+    return RPCTracker.parse(args.rpc_tracker, args.rpc_key, args.rpc_timeout)
+
+
+def _rpc_args(s: argparse.ArgumentParser, what: str) -> None:
+    s.add_argument("--rpc-tracker", metavar="HOST:PORT", help=f"{what} on the device behind "
+                   "this TVM RPC tracker")
+    s.add_argument("--rpc-key", metavar="KEY", help="the key the device registered with")
+    s.add_argument("--rpc-timeout", type=float, default=30.0,
+                   help="seconds allowed for each exchange with the tracker and device")
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from prunepass.backends.tvm import compile_model
+    rpc = _rpc(args)
     check_outputs({"-o": (args.output, (), True)}, [args.model])
     model, pruned, inputs = _pruned(args)
     compiled = compile_model(pruned if pruned is not None else model, inputs, args.target,
@@ -235,11 +249,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Dense vs pruned latency on each backend, alternating rounds in one process."""
     from prunepass.backends.measure.alternate import Spread, alternate, speedup
     from prunepass.backends.measure.measure import runner
+    rpc = _rpc(args)
+    if "tvm" in args.backends.split(",") and args.target != "x86" and rpc is None:
+        raise PrunepassError(f"bench --target {args.target}: this machine cannot run it; name "
+                             "the device with --rpc-tracker and --rpc-key")
     model, pruned, inputs = _pruned(args)
     variants = [("dense", model)] + ([("pruned", pruned)] if pruned is not None else [])
     print(f"{'backend':8} {'variant':8} {'median ms':>10} {'IQR ms':>8}   (measured, "
           f"{args.rounds} alternating rounds x {args.repeats} samples)")
     for backend in args.backends.split(","):
+        if backend == "tvm" and rpc is not None:
+            _bench_remote(args, rpc, variants, inputs)
+            continue
         extra = {"trials": args.trials} if backend == "tvm" else {}
         runners = {v: runner(backend, m, inputs, threads=args.threads, **extra)
                    for v, m in variants}
@@ -252,6 +273,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
             up = speedup(rounds["dense"], rounds["pruned"])
             print(f"{backend:8} speedup  {up.median:>9.2f}x {up.iqr:>8.2f}")
     return 0
+
+
+def _bench_remote(args: argparse.Namespace, rpc: Any, variants: list, inputs: Any) -> None:
+    """TVM on a device behind a tracker: each variant compiled for --target here and timed
+    there, one after the other (a device serves one session at a time)."""
+    from prunepass.backends.tvm.measure import measure_tvm
+    stats = {v: measure_tvm(m, inputs, repeats=args.rounds * args.repeats, number=1,
+                            warmup=2, target=args.target, trials=args.trials, rpc=rpc)
+             for v, m in variants}
+    for v, st in stats.items():
+        print(f"{'tvm@' + rpc.key:8} {v:8} {st.median_ms:>10.2f} {st.iqr_ms:>8.2f}   "
+              "(measured on the device, variants one after the other)")
+    if "pruned" in stats:
+        print(f"{'tvm@' + rpc.key:8} speedup  "
+              f"{stats['dense'].median_ms / stats['pruned'].median_ms:>9.2f}x (of medians)")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -415,12 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, default=0, help="MetaSchedule trials (0: untuned)")
     s.add_argument("--database", help="tuning database folder (reused across runs)")
     s.add_argument("--name", default="model", help="library file name")
-    s.add_argument("--rpc-tracker", metavar="HOST:PORT",
-                   help="measure tuning candidates on the device behind this TVM RPC tracker "
-                   "(needed to tune for a target this machine cannot run, e.g. aarch64)")
-    s.add_argument("--rpc-key", metavar="KEY", help="the key the device registered with")
-    s.add_argument("--rpc-timeout", type=float, default=30.0,
-                   help="seconds allowed for each exchange with the tracker and device")
+    _rpc_args(s, "measure tuning candidates (needed to tune for a target this machine "
+              "cannot run, e.g. aarch64)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_compile)
 
@@ -433,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0,
                    help="intra-op threads for torch and onnxruntime (0: their default)")
     s.add_argument("--trials", type=int, default=0, help="tvm: MetaSchedule trials")
+    s.add_argument("--target", default="x86", help="tvm: x86, aarch64, cuda or cuda:sm_90 "
+                   "(another than this machine's needs --rpc-tracker)")
+    _rpc_args(s, "tvm: time the compiled variants")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("calibrate", help="time dense and pruned variants of models here and "

@@ -121,3 +121,24 @@ def test_tracker_that_trickles_bytes_is_bounded_by_one_deadline():
         stop.set()
         server.close()
         t.join(5)
+
+
+def test_bench_times_tvm_variants_on_a_device_behind_a_tracker(tmp_path, capsys,
+                                                                monkeypatch):
+    from prunepass.cli import main
+    (tmp_path / "tinynet.py").write_text(
+        "import torch\n"
+        "def make():\n"
+        "    m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(),\n"
+        "                            torch.nn.Conv2d(16, 8, 3)).eval()\n"
+        "    return m, (torch.randn(1, 3, 16, 16),)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with LocalRPCPool(key="bench-cpu", timeout_s=60) as pool:
+        argv = ["bench", "tinynet:make", "--backends", "tvm", "--rounds", "2", "--repeats",
+                "2", "--rpc-tracker", f"{pool.tracker.host}:{pool.tracker.port}",
+                "--rpc-key", "bench-cpu"]
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "tvm@bench-cpu dense" in out and "tvm@bench-cpu pruned" in out
+    assert "measured on the device" in out and "speedup" in out
