@@ -109,14 +109,46 @@ def test_timm_vit_number_attributes_follow():
     assert_same(own_outputs(pruned, (x,)), graph_outputs(res, (x,)))
 
 
-def test_attention_default_scale_is_named_when_the_class_cannot_keep_it():
-    # fused: scaled_dot_product_attention without scale=, i.e. 1/sqrt(the pruned head dim)
+def test_fused_qkv_attention_keeps_its_scale_in_the_class():
+    # fused: scaled_dot_product_attention without scale=, i.e. 1/sqrt(the pruned head dim);
+    # the class gets its queries scaled by sqrt(8/16), which gives the original logits
     model = small_timm_vit(fused_attn=True)
     x = torch.randn(2, 3, 32, 32)
     res = prunepass.prune(model, (x,), "prune-channels<ratio=0.5,exact-only=true>,dce")
     out = res.record.output
+    assert out["returned"] == "own-class", out
+    assert "blocks.0.attn.qkv: queries scaled by sqrt(8/16) for the class's own 1/sqrt(head " \
+        "dim)" in out["updated"]
+    assert_same(own_outputs(res.model, (x,)), graph_outputs(res, (x,)))
+    # the graph keeps its own tensors: the scaling went to the class's copies only
+    graph_qkv = res.adapter.gm.get_parameter("blocks.0.attn.qkv.weight")
+    assert graph_qkv is not res.model.blocks[0].attn.qkv.weight
+
+
+class SplitHeads(nn.Module):
+    """q, k and v from separate layers, attention at the default scale of the head dim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = 2, 16
+        self.q, self.k, self.v = (nn.Linear(32, 32) for _ in range(3))
+        self.out = nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (p(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+                   for p in (self.q, self.k, self.v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+def test_attention_default_scale_is_named_when_the_class_cannot_keep_it():
+    model = randomize(SplitHeads().eval(), seed=5)
+    x = torch.randn(2, 5, 32)
+    res = prunepass.prune(model, (x,), "prune-channels<ratio=0.5,exact-only=true>,dce")
+    out = res.record.output
     assert out["returned"] == "graph-module"
-    assert "blocks.0.attn" in out["reason"] and "1/sqrt(16)" in out["reason"]
+    assert "keeps attention's original scale" in out["reason"] and "1/sqrt(16)" in out["reason"]
     with torch.no_grad():
         np.testing.assert_allclose(res.model(x).numpy(), graph_outputs(res, (x,))[0].numpy())
 
@@ -396,3 +428,18 @@ def test_attributes_that_cannot_follow_fall_back_with_the_reason():
     with torch.no_grad():  # the graph module is the pruned model all the same
         assert res2.model(x).shape == (3, 8)
     assert model2[0].out_features == 16 and model2[0].weight.shape == (16, 8)
+
+
+def test_multihead_attention_keeps_its_scale_in_the_class():
+    # nn.MultiheadAttention scales by 1/sqrt(embed_dim // num_heads) of its own sizes
+    model = randomize(torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64,
+        mlp_dim=128).eval(), seed=2)
+    x = torch.randn(2, 3, 32, 32)
+    res = prunepass.prune(model, (x,))
+    out = res.record.output
+    assert type(res.model) is torchvision.models.VisionTransformer, out
+    mha = res.model.encoder.layers[0].self_attention
+    assert mha.head_dim == 8 and mha.embed_dim == 32
+    assert any("self_attention: queries scaled by sqrt(8/16)" in u for u in out["updated"])
+    assert_same(own_outputs(res.model, (x,)), graph_outputs(res, (x,)))

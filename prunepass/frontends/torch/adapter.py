@@ -83,6 +83,16 @@ def storage_sharing_copy(model: torch.nn.Module) -> torch.nn.Module:
                          "in_place=True to prune the model itself") from e
 
 
+def graph_only_state(gm: torch.nn.Module, module: torch.nn.Module) -> list[str]:
+    """Tensors of the graph that are not the module's own objects (weight masks aside): a
+    constant tracing lifted, or one a transform added (a folded bias, an activation mask)."""
+    mine = {id(t) for t in list(module.parameters()) + list(module.buffers())}
+    masked = {n for n, _ in weight_masks.masked_names(gm)}
+    return [name for name, t in list(gm.named_parameters()) + list(gm.named_buffers())
+            if id(t) not in mine and name not in masked and ".parametrizations." not in name
+            and not name.startswith("parametrizations.")]
+
+
 def _as_array(t: torch.Tensor) -> np.ndarray:
     t = t.detach().cpu()
     if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
@@ -120,6 +130,8 @@ class TorchModel(ModelAdapter):
         self.rewrites: list[tuple[str, int, int]] = []  # (module path, old, new) constants
         # attention whose default scale the graph pinned: (module path, old, new head dim)
         self.pinned_scales: list[tuple[str, int, int]] = []
+        # constants tracing lifted out of forward (no attribute of the module holds them)
+        self.traced_constants = set(graph_only_state(gm, module)) if module is not None else set()
         self.rebuild()
 
     @classmethod

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as parametrize
 
-from prunepass.frontends.torch import hf_config, weight_masks
+from prunepass.frontends.torch import attention_scale, hf_config, weight_masks
 from prunepass.numerics import relative_error
 
 TOLERANCE = 1e-4  # relative to the largest output; the same ATen ops in another order
@@ -166,21 +166,6 @@ def _unshare(module: nn.Module, caller: nn.Module) -> None:
                 t.data = t.data.clone()
 
 
-def _foreign_state(adapter: Any) -> list[str]:
-    """Tensors of the graph that are not the module's own objects (a transform added or
-    replaced them: a folded bias, an activation mask)."""
-    mine = {id(t) for t in list(adapter.module.parameters()) + list(adapter.module.buffers())}
-    gm = adapter.gm
-    masked = {n for n, _ in weight_masks.masked_names(gm)}
-    out = []
-    for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):
-        if ".parametrizations." in name or name.startswith("parametrizations."):
-            continue  # weight masks are carried over separately
-        if id(t) not in mine and name not in masked:
-            out.append(name)
-    return out
-
-
 def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
     info: dict[str, Any] = {"notes": list(adapter.notes)}
 
@@ -192,7 +177,9 @@ def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
     if module is None:
         return fallback(adapter.notes[0] if adapter.notes else "no module to give back")
     info["class"] = type(module).__name__
-    foreign = _foreign_state(adapter)
+    from prunepass.frontends.torch.adapter import graph_only_state
+    foreign = [n for n in graph_only_state(adapter.gm, module)
+               if n not in adapter.traced_constants]
     if foreign:
         return fallback(f"the pipeline added tensors {type(module).__name__} has no place "
                         f"for ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): "
@@ -212,20 +199,35 @@ def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
         numbers, missing = shape_numbers(module, adapter.rewrites)
     except Unsettable as e:
         return fallback(str(e))
-    info["updated"] = describe(sizes + numbers)
-    try:
-        mine, ref = adapter.run(module=module), adapter.run()
-    except Exception as e:  # the user's forward may fail in any way on the new sizes
-        why = f"{type(module).__name__}.forward() fails on the pruned sizes: " \
-              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
-        return fallback(why + _missing(missing) + _scales(adapter))
-    err = relative_error(mine, ref) if len(mine) == len(ref) and all(
-        a.shape == b.shape for a, b in zip(mine, ref)) else float("inf")
+    info["updated"] = describe(sizes + numbers) + attention_scale.multihead_attention(
+        module, sizes)
+    ref = adapter.run()
+
+    def check() -> tuple[float, str]:
+        try:
+            mine = adapter.run(module=module)
+        except Exception as e:  # the user's forward may fail in any way on the new sizes
+            return float("inf"), f"{type(module).__name__}.forward() fails on the pruned " \
+                f"sizes: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        if len(mine) != len(ref) or any(a.shape != b.shape for a, b in zip(mine, ref)):
+            return float("inf"), f"{type(module).__name__} gives outputs of other shapes"
+        err = relative_error(mine, ref)
+        return err, f"{type(module).__name__} with the pruned tensors differs from the " \
+            f"pruned graph (relative error {err:.3g})"
+
+    err, why = check()
+    if not err <= TOLERANCE:  # its forward may scale attention by the pruned head dim
+        repairs, undo = attention_scale.fused_qkv(module, sizes)
+        if repairs:
+            err2, _ = check()
+            if err2 <= TOLERANCE:
+                err = err2
+                info["updated"] += repairs
+            else:
+                undo()
     info["max_rel_error_vs_graph"] = err
     if not err <= TOLERANCE:
-        return fallback(f"{type(module).__name__} with the pruned tensors differs from the "
-                        f"pruned graph (relative error {err:.3g})" + _missing(missing)
-                        + _scales(adapter))
+        return fallback(why + _missing(missing) + _scales(adapter))
     graph_state = {n for n, _ in list(adapter.gm.named_parameters())
                    + list(adapter.gm.named_buffers())}
     unread = [n for n, _ in module.named_parameters() if n not in graph_state
