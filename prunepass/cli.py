@@ -176,6 +176,7 @@ def _int_list(text: str) -> list[int]:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from prunepass.search import search
+    check_outputs({"--out": (args.out, (), True)}, [args.model])
     constraints = {}
     for item in args.constraint:
         key, sep, value = item.partition("=")
@@ -293,6 +294,7 @@ def _bench_remote(args: argparse.Namespace, rpc: Any, variants: list, inputs: An
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Time dense and uniformly pruned variants of the models here, fit the profile's latency
     model to them (see prunepass.hardware.calibrate) and write the fitted profile."""
+    check_outputs({"-o": (args.output, (".yaml", ".yml"), False)}, args.models)
     import prunepass
     from prunepass.backends.measure.alternate import Spread, alternate
     from prunepass.backends.measure.measure import runner
