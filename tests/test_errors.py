@@ -94,6 +94,7 @@ def test_search_population_must_hold_two(capsys):
     assert "must be at least 2, got 1" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's legacy ONNX exporter
 def test_onnx_opset_beyond_onnxruntime_is_refused(tmp_path):
     import onnx
     src = tmp_path / "m.onnx"

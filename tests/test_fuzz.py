@@ -41,6 +41,19 @@ def unchanged(model: nn.Module) -> bool:
     return all(torch.equal(v, STATE[k]) for k, v in model.state_dict().items())
 
 
+def outcome(run, done: str) -> None:  # noqa: ANN001
+    """``run()`` ends in a prunepass error or a model that runs; the input model is intact."""
+    try:
+        result = run()
+    except PrunepassError as e:
+        event(f"refused: {type(e).__name__}")
+    else:
+        event(done)
+        with torch.no_grad():
+            assert result.model(X).shape == (2, 4)
+    assert unchanged(MODEL)
+
+
 PASSES = ["prune-channels", "mask", "fold-bn", "dce", "nm-sparsity", "apply-record", "shapes",
           "cost", "importance", "bogus"]
 OPTIONS = ["ratio", "importance", "scope", "round-to", "min-channels", "ignore", "seed",
@@ -68,21 +81,16 @@ def pipelines(draw: st.DrawFn) -> str:
 @FUZZ
 @given(pipelines())
 def test_pipelines_give_a_result_or_a_prunepass_error(text):
-    try:
-        result = prunepass.prune(MODEL, (X,), text)
-    except PrunepassError as e:
-        event(f"refused: {type(e).__name__}")
-    else:
-        event("pruned")
-        with torch.no_grad():
-            assert result.model(X).shape == (2, 4)
-    assert unchanged(MODEL)
+    outcome(lambda: prunepass.prune(MODEL, (X,), text), "pruned")
+
+
+def _containers(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.one_of(st.lists(inner, max_size=3),
+                     st.dictionaries(st.text(max_size=5), inner, max_size=3))
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats()
-                    | st.text(max_size=5),
-                    lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+                    | st.text(max_size=5), _containers, max_leaves=6)
 
 
 @pytest.fixture(scope="module")
@@ -110,15 +118,7 @@ def test_records_give_a_result_or_a_prunepass_error(good_record, tmp_path_factor
         rec["shapes_before"][data.draw(st.sampled_from(sorted(rec["shapes_before"])))] = value
     path = tmp_path_factory.mktemp("fuzz") / "r.json"
     path.write_text(json.dumps(rec))
-    try:
-        result = prunepass.apply_record(MODEL, (X,), Record.load(path))
-    except PrunepassError as e:
-        event(f"refused: {type(e).__name__}")
-    else:
-        event("applied")
-        with torch.no_grad():
-            assert result.model(X).shape == (2, 4)
-    assert unchanged(MODEL)
+    outcome(lambda: prunepass.apply_record(MODEL, (X,), Record.load(path)), "applied")
 
 
 @pytest.fixture(scope="module")
