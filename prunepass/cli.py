@@ -239,6 +239,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
                              args.output, trials=args.trials, database=args.database,
                              name=args.name, progress=not args.quiet, rpc=rpc)
     print(f"{args.target}: library {compiled.library} (metadata {compiled.metadata})")
+    if not args.trials:
+        print("  untuned: TVM's default schedules (plain loops on a CPU, slow); pass "
+              "--trials N to tune")
     for p in compiled.device_code:
         print(f"  device code {p}")
     if compiled.tuning is not None:
@@ -363,6 +366,27 @@ def _at_least(lo: int):  # noqa: ANN202
     return parse
 
 
+class _ShowDefaults(argparse.HelpFormatter):
+    """--help with each option's default, where it has one worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default in ([], "", argparse.SUPPRESS) \
+                or "default" in text:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("prunepass")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        from prunepass import __version__
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunepass", description="A pruning compiler: trace a "
                                 "model to a graph IR, run passes, emit a smaller model.",
@@ -370,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(one line on stderr), 3 an internal error")
     p.add_argument("--debug", action="store_true",
                    help="on an error, show the Python traceback (anywhere on the line)")
+    p.add_argument("--version", action="version", version=f"prunepass {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("passes", help="list every pass with its options")
@@ -495,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true",
                    help="fewer epochs, smaller model, no latency section")
     s.set_defaults(fn=cmd_demo)
+    for command in sub.choices.values():  # every option's default shown in its --help
+        command.formatter_class = _ShowDefaults
     return p
 
 
@@ -515,6 +542,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prunepass: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `prunepass passes | head`: the reader has all it wanted
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # a bug or an unforeseen input: one line, the traceback on demand
         if debug:
             raise

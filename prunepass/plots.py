@@ -8,7 +8,11 @@ from prunepass.record import Record
 
 def energy_per_layer(rec: Record, path: str | Path, top: int = 30) -> Path:
     """Grouped bars: modelled energy of the costliest layers, dense vs pruned."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from prunepass.errors import PrunepassError
+        raise PrunepassError("--plot draws with matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     if not rec.energy_before:

@@ -188,3 +188,18 @@ def test_compile_names_its_rpc_tracker(capsys):
     assert main(["compile", "torchvision:resnet18", "--rpc-tracker", "nohost", "--rpc-key",
                  "k"]) == 2
     assert "is not host:port" in capsys.readouterr().err
+
+
+def test_version_help_defaults_and_a_closed_pipe(capsys):
+    import subprocess
+    import sys
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("prunepass 0.")
+    with pytest.raises(SystemExit):
+        main(["compile", "--help"])
+    assert "(default: out/tvm)" in " ".join(capsys.readouterr().out.split())
+    # `prunepass passes | head -1`: the reader closes the pipe early, no traceback
+    proc = subprocess.run(f"{sys.executable} -m prunepass.cli passes | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout == "analysis passes:\n" and proc.stderr == ""
