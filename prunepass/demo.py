@@ -52,11 +52,11 @@ def digits_data(seed: int = 0) -> tuple[torch.Tensor, ...]:
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float = 3e-3,
           desc: str = "train", seed: int = 0) -> None:
-    from tqdm import tqdm
+    from prunepass.progress import bar
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False):
+    for _ in bar(range(epochs), desc=desc, unit="epoch", leave=False):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), 64):
             idx = perm[i:i + 64]

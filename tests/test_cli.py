@@ -203,3 +203,16 @@ def test_version_help_defaults_and_a_closed_pipe(capsys):
     proc = subprocess.run(f"{sys.executable} -m prunepass.cli passes | head -1", shell=True,
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout == "analysis passes:\n" and proc.stderr == ""
+
+
+def test_progress_bars_only_where_someone_watches(monkeypatch, capfd):
+    from prunepass.progress import bar, shown
+    monkeypatch.delenv("PRUNEPASS_PROGRESS", raising=False)
+    assert not shown()  # pytest's stderr is no terminal
+    list(bar(range(3), desc="quiet"))
+    assert "quiet" not in capfd.readouterr().err
+    monkeypatch.setenv("PRUNEPASS_PROGRESS", "1")
+    list(bar(range(3), desc="forced"))
+    assert "forced" in capfd.readouterr().err
+    list(bar(range(3), desc="off", enabled=False))
+    assert "off" not in capfd.readouterr().err

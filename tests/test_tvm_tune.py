@@ -31,6 +31,12 @@ TRIALS_PER_KERNEL = 2
 X = (torch.randn(2, 16, generator=torch.Generator().manual_seed(0)),)
 
 
+
+@pytest.fixture(autouse=True)
+def _bars_shown(monkeypatch):  # noqa: ANN001, ANN202
+    """These tests read the tuning bar on stderr, which is no terminal under pytest."""
+    monkeypatch.setenv("PRUNEPASS_PROGRESS", "1")
+
 def pruned_mlp(seed: int) -> nn.Module:
     """16 -> 16 -> 4, pruned to 16 -> 8 -> 4, then flattened: every seed gives the same kernel
     shapes."""

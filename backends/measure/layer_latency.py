@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from tqdm import tqdm
+from prunepass.progress import bar
 
 from prunepass.errors import PrunepassError
 
@@ -208,9 +208,9 @@ class LayerLatency:
         if self._tune is not None and len(missing) > 1:
             self._tune([_block(s) for s in missing])  # then each build finds its schedules
         saved = time.monotonic()
-        for i, s in enumerate(tqdm(missing, desc=f"timing layers on {self.backend}",
-                                   unit="layer", disable=not slow or len(missing) < 2,
-                                   leave=False)):
+        for i, s in enumerate(bar(missing, desc=f"timing layers on {self.backend}",
+                                  unit="layer", enabled=slow and len(missing) >= 2,
+                                  leave=False)):
             self._table[s.key] = self._measure(_block(s), self.threads, self.repeats,
                                                self.number)
             self.measured += 1

@@ -77,7 +77,7 @@ def _train_on_records(model: Any, db: Any, target: Any, progress: bool) -> list[
     """Feed every successful record of ``db`` to ``model``, one batch per workload as the
     tuner would have when they were measured, and train once at the end."""
     import tvm.s_tir.meta_schedule as ms
-    from tqdm import tqdm
+    from prunepass.progress import bar
 
     by_workload: dict[int, tuple[Any, list[Any]]] = {}
     for record in db.get_all_tuning_records():
@@ -87,8 +87,8 @@ def _train_on_records(model: Any, db: Any, target: Any, progress: bool) -> list[
     if not by_workload:
         return []
     model.last_train_size = float("inf")  # update() retrains once data grew by a fifth of it
-    batches = tqdm(by_workload.values(), desc="training the tuning cost model", unit="kernel",
-                   disable=not progress)
+    batches = bar(by_workload.values(), desc="training the tuning cost model", unit="kernel",
+                  enabled=progress)
     for index, (workload, records) in enumerate(batches):
         if index == len(by_workload) - 1:
             model.adaptive_training = False  # the last batch trains on everything

@@ -73,7 +73,7 @@ def tune_model(mod: Any | Sequence[Any], spec: TargetSpec, database: str | Path,
         CUDA, whose code cannot run on this machine).
     callbacks: extra MetaSchedule MeasureCallbacks, run after each measured batch."""
     import tvm.s_tir.meta_schedule as ms
-    from tqdm import tqdm
+    from prunepass.progress import bar as progress_bar
 
     if rpc is None and not spec.runs_on_host and (trials > 0 or max_trials_per_task):
         raise TargetError(f"tuning for {spec.name} measures on the device: pass an RPC tracker "
@@ -111,7 +111,7 @@ def tune_model(mod: Any | Sequence[Any], spec: TargetSpec, database: str | Path,
         cost_model, cost_notes = open_cost_model(folder, db, spec.target, progress=progress)
     report.notes += cost_notes
     before = len(db)
-    bar = tqdm(total=per_task * len(contexts), unit="trial", disable=not progress,
+    bar = progress_bar(total=per_task * len(contexts), unit="trial", enabled=progress,
                desc=f"tuning {len(contexts)} kernels for {spec.name}")
     try:
         with _quiet_console(), _sigint_seen() as interrupted:

@@ -42,8 +42,8 @@ class PassManager:
         record = Record.start(model, self.pipeline, am)
         steps = self.passes
         if progress:
-            from tqdm import tqdm
-            steps = tqdm(steps, desc="passes", unit="pass", leave=False)
+            from prunepass.progress import bar
+            steps = bar(steps, desc="passes", unit="pass", leave=False)
         for p in steps:
             entry: dict[str, Any] = {"pass": p.name, "kind": p.kind, "options": p.opts}
             for ins in self.instruments:

@@ -68,7 +68,7 @@ def classification_trainer(data: tuple[Any, Any] | Iterable[tuple[Any, Any]], *,
     batches (a DataLoader). Progress bars on epochs and on steps."""
     import torch
     import torch.nn.functional as F
-    from tqdm import tqdm
+    from prunepass.progress import bar
     loss_fn = loss_fn or F.cross_entropy
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
@@ -90,9 +90,9 @@ def classification_trainer(data: tuple[Any, Any] | Iterable[tuple[Any, Any]], *,
         opt = optimizer(module.parameters()) if optimizer else \
             torch.optim.Adam(module.parameters(), lr=lr)
         module.train()
-        for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=not progress):
-            for xb, yb in tqdm(batches(), total=n_steps, desc="steps", unit="step",
-                               leave=False, disable=not progress):
+        for _ in bar(range(epochs), desc=desc, unit="epoch", leave=False, enabled=progress):
+            for xb, yb in bar(batches(), total=n_steps, desc="steps", unit="step",
+                               leave=False, enabled=progress):
                 opt.zero_grad()
                 loss = loss_fn(module(xb), yb)
                 loss.backward()
@@ -152,7 +152,7 @@ def prune_with_recovery(model: Any, example_inputs: Sequence[Any],
     round-to, ignore, min-channels, max-ratio, profile, ...); the schedule sets the amount.
     ``evaluate(module)`` (optional) is recorded after each step. The input model is never
     changed. Returns the module, the composed record and one history row per step."""
-    from tqdm import tqdm
+    from prunepass.progress import bar
 
     from prunepass.api import load
     from prunepass.passes.analysis.sensitivity import score_of
@@ -175,8 +175,8 @@ def prune_with_recovery(model: Any, example_inputs: Sequence[Any],
     records: list[Record] = []
     history: list[dict[str, Any]] = []
     module, done = None, 0.0  # the model starts dense, whatever `initial` says
-    for k, amount in enumerate(tqdm(schedule.amounts(), desc="prune steps", unit="step",
-                                    leave=False, disable=not progress), 1):
+    for k, amount in enumerate(bar(schedule.amounts(), desc="prune steps", unit="step",
+                                    leave=False, enabled=progress), 1):
         if amount <= done + 1e-12:
             continue
         step_opts = {**opts, **step_options(schedule, done, amount, dense)}
