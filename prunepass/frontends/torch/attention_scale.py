@@ -9,11 +9,12 @@ objects for it, so the pruned graph (which shares the old ones) is unchanged."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch.nn as nn
 
-Change = tuple[str, str, Any, Any]
+if TYPE_CHECKING:
+    from prunepass.frontends.torch.own_module import Change
 
 
 def _scale_rows(owner: nn.Module, leaf: str, rows: int, factor: float) -> Callable[[], None]:

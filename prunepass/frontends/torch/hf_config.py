@@ -10,14 +10,16 @@ dict rebuild any pruned model: ``prunepass.apply_record`` then ``load_state_dict
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn as nn
 
 from prunepass.numerics import relative_error
 
-Change = tuple[str, str, Any, Any]
+if TYPE_CHECKING:
+    from prunepass.frontends.torch.own_module import Change
+
 SIZES = {"in_features", "out_features", "in_channels", "out_channels", "num_features",
          "embedding_dim", "num_embeddings", "num_channels", "nf", "nx"}
 CHECK_LIMIT = 300_000_000  # parameters: a larger model's outputs are not re-checked (memory)
