@@ -94,28 +94,46 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = prunepass.prune(model, inputs, pm, check_numerics=args.check_numerics,
                                  progress=not args.quiet, energy_profile=args.profile)
     result.record.model = args.model
-    print(format_record(result.record))
+    say = _say(args)
+    say(format_record(result.record))
     if args.sparsity:
         from prunepass.passes.analysis.sparsity import format_sparsity
         from prunepass.pm import AnalysisManager
-        print("sparsity:")
-        print(format_sparsity(AnalysisManager(result.adapter).get("sparsity"), top=args.top))
+        say("sparsity:")
+        say(format_sparsity(AnalysisManager(result.adapter).get("sparsity"), top=args.top))
+    written = {}
     if args.report:
         result.record.save(args.report)
-        print(f"record written to {args.report}")
+        written["report"] = args.report
+        say(f"record written to {args.report}")
     if args.output:
         if result.adapter.frontend == "onnx":  # never overwrites the input file
             if not args.output.endswith(".onnx"):
                 raise PrunepassError(f"output {args.output!r}: an ONNX model is written to a "
                                      ".onnx file")
-            written = result.adapter.save(args.output)
+            written["model"] = str(result.adapter.save(args.output))
         else:
-            written = save_model(result.model, result.adapter.example_inputs, args.output)
-        print(f"pruned model written to {written}")
+            written["model"] = save_model(result.model, result.adapter.example_inputs,
+                                          args.output)
+        say(f"pruned model written to {written['model']}")
     if args.plot:
         from prunepass.plots import energy_per_layer
-        print(f"energy chart written to {energy_per_layer(result.record, args.plot)}")
+        written["plot"] = str(energy_per_layer(result.record, args.plot))
+        say(f"energy chart written to {written['plot']}")
+    if args.json:
+        _print_json({**result.record.to_dict(), "written": written})
     return 0
+
+
+def _say(args: argparse.Namespace):  # noqa: ANN202
+    """Human text: on stdout, or on stderr where stdout carries --json."""
+    return (lambda text: print(text, file=sys.stderr)) if args.json else print
+
+
+def _print_json(data: dict) -> None:
+    import json
+    json.dump(data, sys.stdout, indent=1)
+    sys.stdout.write("\n")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -123,10 +141,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from prunepass.report import format_record
     check_outputs({"--plot": (args.plot, (), False)}, [args.record])
     rec = Record.load(args.record)
-    print(format_record(rec, top_layers=args.top))
+    say = _say(args)
+    say(format_record(rec, top_layers=args.top))
     if args.plot:
         from prunepass.plots import energy_per_layer
-        print(f"energy chart written to {energy_per_layer(rec, args.plot)}")
+        say(f"energy chart written to {energy_per_layer(rec, args.plot)}")
+    if args.json:
+        _print_json(rec.to_dict())
     return 0
 
 
@@ -423,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", help="hardware profile (name or YAML) for modelled energy, "
                    "e.g. x86-epyc, arm-cortex-a72, nvidia-h100, horowitz-45nm")
     s.add_argument("--plot", metavar="PNG", help="with --profile: energy per layer chart")
+    s.add_argument("--json", action="store_true", help="write the record (and what was "
+                   "written where) to stdout as JSON; the table goes to stderr")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_run)
 
@@ -467,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("record")
     s.add_argument("--top", type=int, default=8, help="how many changed tensors to list")
     s.add_argument("--plot", metavar="PNG", help="energy per layer chart (dense vs pruned)")
+    s.add_argument("--json", action="store_true",
+                   help="the record as JSON on stdout; the table goes to stderr")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("compile", help="compile a (pruned) model with Apache TVM for x86, "

@@ -216,3 +216,17 @@ def test_progress_bars_only_where_someone_watches(monkeypatch, capfd):
     assert "forced" in capfd.readouterr().err
     list(bar(range(3), desc="off", enabled=False))
     assert "off" not in capfd.readouterr().err
+
+
+def test_json_on_stdout(tmp_path, capsys):
+    out = tmp_path / "m.pt2"
+    assert main(["run", "torchvision:resnet18", "--input-shape", "1,3,32,32", "-q", "--json",
+                 "-o", str(out), "--report", str(tmp_path / "r.json")]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)  # stdout holds the JSON document alone
+    assert data["written"] == {"report": str(tmp_path / "r.json"), "model": str(out)}
+    assert data["cost_after"]["macs"] < data["cost_before"]["macs"]
+    assert data["output"]["returned"] == "own-class" and "MACs" in captured.err
+    assert main(["report", str(tmp_path / "r.json"), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["keep"] == data["keep"]
