@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prunepass.errors import PrunepassError
+from prunepass.errors import PrunepassError, first_line
 from prunepass.paths import check_outputs
 
 
@@ -20,8 +20,7 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
             ep = torch.export.load(args.model)
         except Exception as e:
             raise PrunepassError(f"model {args.model!r} is not a torch.export archive "
-                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                                 ) from None
+                                 f"({first_line(e)})") from None
         if args.input_shape:
             return ep, (random_input(parse_shape(args.input_shape)),)
         return ep, None
@@ -107,10 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         written["report"] = args.report
         say(f"record written to {args.report}")
     if args.output:
-        if result.adapter.frontend == "onnx":  # never overwrites the input file
-            if not args.output.endswith(".onnx"):
-                raise PrunepassError(f"output {args.output!r}: an ONNX model is written to a "
-                                     ".onnx file")
+        if result.adapter.frontend == "onnx":  # -o is a .onnx file, never the input
             written["model"] = str(result.adapter.save(args.output))
         else:
             written["model"] = save_model(result.model, result.adapter.example_inputs,

@@ -2,6 +2,13 @@
 and says what to do about it."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type where it has none), for one-line
+    errors that quote a library's reason."""
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
 class PrunepassError(Exception):
     """Base class: the CLI prints these in one line and exits with status 2."""
 

@@ -9,11 +9,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from prunepass.errors import PlanError, TraceError, VerificationError
+from prunepass.errors import PlanError, TraceError, VerificationError, first_line
 from prunepass.frontends.base import ModelAdapter
 from prunepass.frontends.onnx.facts import Facts, analyze, inferred_value_info
-from prunepass.frontends.onnx.load import (
-    PROTO_LIMIT, check, first_line, load_model, proto_size)
+from prunepass.frontends.onnx.load import PROTO_LIMIT, check, load_model, proto_size
 from prunepass.frontends.onnx.proto_edit import (
     Editor, Slot, erase_dead, name_nodes, write_tensor)
 from prunepass.frontends.onnx.runtime import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
-from prunepass.errors import TraceError
+from prunepass.errors import TraceError, first_line
 
 # protobuf cannot serialise a message of 2 GiB or more; above this, work through files
 PROTO_LIMIT = 2**31 - 2**26
@@ -28,11 +28,6 @@ def proto_size(model: onnx.ModelProto) -> int:
         n += 1024 + sum(_tensor_bytes(a.t) for a in node.attribute
                         if a.type == onnx.AttributeProto.TENSOR)
     return n
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:

@@ -11,7 +11,8 @@ import onnxruntime as ort
 from onnx.external_data_helper import load_external_data_for_model, set_external_data
 
 from prunepass.errors import TraceError
-from prunepass.frontends.onnx.load import PROTO_LIMIT, first_line, proto_size
+from prunepass.errors import first_line
+from prunepass.frontends.onnx.load import PROTO_LIMIT, proto_size
 
 
 def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.nn as nn
 
+from prunepass.errors import first_line
 from prunepass.numerics import relative_error
 
 if TYPE_CHECKING:
@@ -88,8 +89,7 @@ def _prove(module: nn.Module, config: Any, run: Callable[[nn.Module], list[Any]]
         with torch.device("meta"):
             fresh = cls(config)
     except Exception as e:  # a config the class rejects
-        return f"cannot be built ({str(e).splitlines()[0] if str(e) else type(e).__name__})", \
-            False
+        return f"cannot be built ({first_line(e)})", False
     mine = module.state_dict()
     theirs = fresh.state_dict()
     for k, t in mine.items():

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.utils.parametrize as parametrize
 
 from prunepass.frontends.torch import attention_scale, hf_config, weight_masks
+from prunepass.errors import first_line
 from prunepass.numerics import relative_error
 
 TOLERANCE = 1e-4  # relative to the largest output; the same ATen ops in another order
@@ -208,7 +209,7 @@ def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
             mine = adapter.run(module=module)
         except Exception as e:  # the user's forward may fail in any way on the new sizes
             return float("inf"), f"{type(module).__name__}.forward() fails on the pruned " \
-                f"sizes: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+                f"sizes: {first_line(e)}"
         if len(mine) != len(ref) or any(a.shape != b.shape for a, b in zip(mine, ref)):
             return float("inf"), f"{type(module).__name__} gives outputs of other shapes"
         err = relative_error(mine, ref)

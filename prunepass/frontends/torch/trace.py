@@ -12,7 +12,7 @@ import torch
 import torch.fx as fx
 from torch.export import Dim
 
-from prunepass.errors import TraceError
+from prunepass.errors import TraceError, first_line
 from prunepass.frontends.torch.inputs import Inputs, check_signature, normalize
 
 
@@ -56,7 +56,7 @@ def no_cache(model: torch.nn.Module, notes: list[str]) -> Iterator[None]:
 def _why(model: torch.nn.Module, e: Exception) -> str:
     """The real cause of an export failure, in one sentence with what to do."""
     text = str(e).strip()
-    first = text.splitlines()[0] if text else type(e).__name__
+    first = first_line(e)
     name = type(model).__name__
     if "which is not a known type" in text:
         kind = first.split("Found ", 1)[-1].split(" in output")[0]
@@ -96,8 +96,6 @@ def export_program(model: torch.nn.Module, example_inputs: Any,
             except Exception:  # some models cannot have a symbolic batch: trace them static
                 ep = torch.export.export(model, inputs.args, inputs.kwargs or None,
                                          strict=False)
-    except TraceError:
-        raise
     except Exception as e:  # torch raises many types here
         raise TraceError(_why(model, e)) from e
     finally:
