@@ -10,6 +10,7 @@ each keeping its most important channels."""
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 from prunepass.ir import ops

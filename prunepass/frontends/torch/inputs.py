@@ -23,10 +23,6 @@ class Inputs:
     def call(self, module: Any) -> Any:
         return module(*self.args, **self.kwargs)
 
-    def flat_tensors(self) -> list[torch.Tensor]:
-        flat, _ = torch.utils._pytree.tree_flatten((self.args, self.kwargs))
-        return [x for x in flat if isinstance(x, torch.Tensor)]
-
     def public(self) -> Any:
         """The form handed back to callers: the args tuple where there are no kwargs."""
         return self if self.kwargs else self.args
