@@ -154,16 +154,19 @@ def test_latency_budget_from_measured_layers_is_met(tmp_path, monkeypatch):
     from prunepass.hardware import load_profile
     from prunepass.passes.transform.budget import measured_latency
     model = net()
+    # 32x32, not X's 12x12: layers that small take a few microseconds, mostly the runtime's
+    # own per-call cost, so no pruning reached 0.7x of dense in some runs
+    x = (torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
     pipeline = ("prune-channels<target-latency-ms=0.7x,latency-source=ort,hw-threads=1>,dce")
-    res = prunepass.prune(model, X, pipeline, check_numerics=True)
+    res = prunepass.prune(model, x, pipeline, check_numerics=True)
     budget = res.record.passes[0]["changes"]["budget"]
     assert "measured alone on ort" in budget["budget"]
     assert budget["achieved"] <= budget["target"] == pytest.approx(0.7 * budget["dense"])
     # the metric is the sum of the cached layer timings plus the profile for other nodes
     metric = measured_latency(load_profile("x86-epyc"), "ort", 1)
-    dense = metric(TorchModel.from_module(model, X).graph)
+    dense = metric(TorchModel.from_module(model, x).graph)
     assert dense == pytest.approx(budget["dense"])
-    assert metric(prunepass.load(res.model, X).graph) == pytest.approx(budget["achieved"],
+    assert metric(prunepass.load(res.model, x).graph) == pytest.approx(budget["achieved"],
                                                                       rel=1e-6)
 
 
