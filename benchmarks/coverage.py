@@ -59,7 +59,7 @@ def run_one(name: str) -> dict:
     row["peak_rss_mb"] = round(prune_peak, 1)
     row["extra_mb"] = round(prune_peak - after_model_rss, 1)
     row["mem_x_dense"] = round((prune_peak - base_rss) / max(dense_mb, 1e-9), 2)
-    changes = rec.passes[0]["changes"]
+    changes = rec.step("remove-channels")
     row["groups"] = changes["groups_total"]
     row["groups_pruned"] = changes["groups_pruned"]
     row["approx_groups"] = sum(not g["exact"] for g in changes["groups"])
@@ -82,7 +82,7 @@ def run_one(name: str) -> dict:
     am = AnalysisManager(exact, check_numerics=True)
     try:
         r2 = PassManager("prune-channels<ratio=0.5,exact-only=true>").run(exact, am)
-        ch = r2.passes[0]["changes"]
+        ch = r2.step("remove-channels")
         row["equiv_err"] = ch.get("max_rel_error_vs_masked", 0.0)
         row["exact_groups_pruned"] = ch["groups_pruned"]
     except prunepass.VerificationError as e:

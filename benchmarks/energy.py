@@ -50,7 +50,7 @@ from prunepass.hardware.calibrate import (CHANNEL_BLOCKS, Run, calibrate,  # noq
                                           features, fit_layer_latency,
                                           loose_bytes, predict_latency,
                                           unaligned_layers)
-from prunepass.passes.analysis.channel_latency import layer_spec  # noqa: E402
+from prunepass.passes.analysis.layer_blocks import layer_spec  # noqa: E402
 from prunepass.passes.analysis.cost import compute_cost  # noqa: E402
 
 SPEED_SET = ["resnet18", "resnet50", "mobilenet_v2", "vgg16_bn", "densenet121",

@@ -86,7 +86,7 @@ def main() -> None:
                                  "pipeline": pipeline, "infeasible": str(e)})
                     print(f"{name:16} {src:13} requested {b:.2f}x  infeasible: {e}")
                     continue
-                budget = res.record.passes[0]["changes"]["budget"]
+                budget = res.record.step("remove-channels")["budget"]
                 predicted[key] = (b, budget["achieved"] / budget["dense"],
                                   res.record.cost_after["macs"] / res.record.cost_before["macs"])
                 searched[key] = {k: budget[k] for k in ("dense", "achieved", "evaluations")}

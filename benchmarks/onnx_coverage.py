@@ -52,14 +52,11 @@ def run_one(name: str, exporter: str, size: int) -> dict:
     import torchvision
 
     import prunepass
-    from prunepass.passes.transform.prune_channels import relative_error
+    from prunepass.numerics import relative_error
     from prunepass.frontends.onnx import OnnxModel
     from prunepass.frontends.onnx.runtime import Session
     from prunepass.pm import AnalysisManager, PassManager
-    from prunepass.passes.transform.channel_plan import PLAN_OPTIONS
-    from prunepass.passes.transform.prune_channels import plan_keep
-
-    EXACT_OPTS = {o.name: o.default for o in PLAN_OPTIONS} | {"ratio": 0.5, "exact-only": True}
+    from prunepass.passes.pipelines.prune_channels import plan_for
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -81,7 +78,7 @@ def run_one(name: str, exporter: str, size: int) -> dict:
         t2 = time.perf_counter()
         rec = PassManager(prunepass.DEFAULT_PIPELINE).run(adapter, AnalysisManager(adapter))
         row["prune_s"] = round(time.perf_counter() - t2, 2)
-        changes = rec.passes[0]["changes"]
+        changes = rec.step("remove-channels")
         row["groups"] = changes["groups_total"]
         row["groups_pruned"] = changes["groups_pruned"]
         row["approx_groups"] = sum(not g["exact"] for g in changes["groups"])
@@ -102,7 +99,8 @@ def run_one(name: str, exporter: str, size: int) -> dict:
         # equivalence on the exact groups: pruned == masked original, both in onnxruntime;
         # negative control: masking other channels (indices shifted by one) differs
         exact = OnnxModel.load(src, xs, name)
-        _, _, groups, keep = plan_keep(exact.graph, AnalysisManager(exact), EXACT_OPTS)
+        plan = plan_for(AnalysisManager(exact), ratio=0.5, exact_only=True)
+        groups, keep = plan.summary(), plan.keep()
         row["exact_groups_pruned"] = sum(g["kept"] < g["channels"] for g in groups)
         sizes = {v.name: v.shape for v in exact.graph.values()}
         masked = exact.clone()

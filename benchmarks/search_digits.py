@@ -232,7 +232,7 @@ def part_latency(args: argparse.Namespace) -> list[dict]:
                 res = prunepass.prune(model, (x,),
                                       f"prune-channels<target-latency-ms={req},profile={profile}>"
                                       ",dce", energy_profile=profile)
-                b = res.record.passes[0]["changes"]["budget"]
+                b = res.record.step("remove-channels")["budget"]
                 dense_ms = b["dense"]
                 achieved = res.record.energy_after["latency_s"] * 1e3  # after dce too
                 macs_x = res.record.cost_before["macs"] / res.record.cost_after["macs"]

@@ -104,12 +104,12 @@ def apply_record(model: Any, example_inputs: Sequence[Any] | Any, record: Record
         model = load(model, example_inputs, in_place=in_place)
     rec.check_model(model.graph, model.frontend)
     passes, applied = [], False
-    for p in parse_pipeline(rec.pipeline):
-        if p.name in ("prune-channels", "apply-record"):
+    for p in parse_pipeline(rec.pipeline):  # named pipelines come back expanded
+        if p.name in ("remove-channels", "apply-record"):
             if not applied:
                 passes.append(ApplyRecord(record=rec))
                 applied = True
-        elif p.name != "mask" or p["granularity"] == "weight":
+        elif p.kind != "plan" and p.name != "mask-channels":
             passes.append(p)  # weight masks are recomputed: records keep no masks
     if not applied:
         passes.insert(0, ApplyRecord(record=rec))

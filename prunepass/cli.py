@@ -58,19 +58,44 @@ def save_model(module: Any, example_inputs: Any, out: str) -> str:
     return str(path)
 
 
+_KINDS = {"analysis": "analysis passes (results cached until a transform changes the model)",
+          "plan": "plan passes (build the prune plan; remove-channels or mask-channels "
+                  "applies it)",
+          "transform": "transform passes",
+          "pipeline": "named pipelines (each expands to the passes above; shown: what its "
+                      "defaults expand to)"}
+
+
+# plan passes in the order a pipeline uses them
+_ORDER = {n: i for i, n in enumerate(("score-channels", "limit-channels", "select-channels",
+                                      "select-budget", "select-threshold", "hw-round",
+                                      "hw-check"))}
+
+
+def _default_text(o) -> str:  # noqa: ANN001
+    return "[" + ",".join(o.default) + "]" if isinstance(o.default, list) \
+        else str(o.default).lower() if isinstance(o.default, bool) else str(o.default)
+
+
 def cmd_passes(args: argparse.Namespace) -> int:
-    from prunepass.pm import REGISTRY
-    for kind in ("analysis", "transform"):
-        print(f"{kind} passes:")
-        for name, cls in sorted(REGISTRY.items()):
+    from prunepass.pm import REGISTRY, PassManager
+    if args.expand:
+        print(PassManager(args.expand).pipeline)
+        return 0
+    for kind, title in _KINDS.items():
+        print(f"{title}:")
+        for name, cls in sorted(REGISTRY.items(), key=lambda kv: (_ORDER.get(kv[0], 99), kv[0])):
             if cls.kind != kind:
                 continue
             print(f"  {name:16} {cls.summary()}")
+            if kind == "pipeline":
+                print(f"      = {','.join(p.text() for p in PassManager([cls()]).passes)}")
             for o in cls.options:
-                default = "[" + ",".join(o.default) + "]" if isinstance(o.default, list) \
-                    else str(o.default).lower() if isinstance(o.default, bool) else o.default
-                print(f"      {o.name}={o.describe_type()} (default {default}): {o.doc}")
-    print("\npipeline syntax: pass,pass<option=value,option=[a,b]>,...")
+                print(f"      {o.name}={o.describe_type()} (default {_default_text(o)}): {o.doc}")
+        print()
+    print("pipeline syntax: pass,pass<option=value,option=[a,b]>,...\n"
+          "`prunepass passes --expand PIPELINE` prints PIPELINE as it runs: named pipelines "
+          "expanded, every option spelled out")
     return 0
 
 
@@ -95,6 +120,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     result.record.model = args.model
     say = _say(args)
     say(format_record(result.record))
+    if args.print_plan:
+        from prunepass.report import format_plan
+        say(format_plan(result.record))
     if args.sparsity:
         from prunepass.passes.analysis.sparsity import format_sparsity
         from prunepass.pm import AnalysisManager
@@ -414,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"prunepass {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("passes", help="list every pass with its options")
+    s = sub.add_parser("passes", help="list every pass and named pipeline with its options")
+    s.add_argument("--expand", metavar="PIPELINE", help="print PIPELINE as it runs: named "
+                   "pipelines expanded, every option (defaults included) spelled out")
     s.set_defaults(fn=cmd_passes)
 
     def model_args(s: argparse.ArgumentParser) -> None:
@@ -434,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--check-numerics", action="store_true",
                    help="compare each pruned model with the masked original")
     s.add_argument("--dump-ir", metavar="DIR", help="write the IR before/after each pass")
+    s.add_argument("--print-plan", action="store_true", help="print each applied prune plan: "
+                   "per group the channels kept and the passes that decided the count")
     s.add_argument("--sparsity", action="store_true",
                    help="print zeros per weight layer, effective parameters, stored sizes")
     s.add_argument("--top", type=int, default=None, help="with --sparsity: largest N layers")

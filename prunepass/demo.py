@@ -103,7 +103,7 @@ def torchvision_demo(name: str = "resnet18") -> tuple[str, float]:
     model = torchvision.models.get_model(name, weights=None).eval()
     x = torch.randn(1, 3, 224, 224)
     result = prunepass.prune(model, (x,), "prune-channels<ratio=0.5>,dce", check_numerics=True)
-    err = result.record.passes[0]["changes"].get("max_rel_error_vs_masked", float("nan"))
+    err = result.record.step("remove-channels").get("max_rel_error_vs_masked", float("nan"))
     with torch.no_grad():
         assert result.model(x).shape == model(x).shape
     return format_record(result.record, top_layers=5), err

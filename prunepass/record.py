@@ -20,7 +20,7 @@ COUNTED = "counted from the IR (exact for these shapes)"
 class Record:
     model: str
     frontend: str
-    pipeline: str
+    pipeline: str  # as run: named pipelines expanded, every option spelled out
     cost_before: dict[str, Any] = field(default_factory=dict)
     cost_after: dict[str, Any] = field(default_factory=dict)
     passes: list[dict[str, Any]] = field(default_factory=list)
@@ -36,11 +36,13 @@ class Record:
     # what came back: "own-class" (the user's class), "graph-module" (with the reason) or
     # "onnx"; the attributes updated, tracing notes (a cache turned off, scalars folded)
     output: dict[str, Any] = field(default_factory=dict)
+    given: str = ""  # the pipeline as written (records before plan passes lack it)
     format: str = FORMAT
 
     @classmethod
-    def start(cls, model: Any, pipeline: str, am: Any) -> "Record":
-        r = cls(model=getattr(model, "name", "model"), frontend=model.frontend, pipeline=pipeline)
+    def start(cls, model: Any, pipeline: str, am: Any, given: str = "") -> "Record":
+        r = cls(model=getattr(model, "name", "model"), frontend=model.frontend,
+                pipeline=pipeline, given=given or pipeline)
         r.cost_before = dict(am.get("cost").totals, source=COUNTED)
         r.shapes_before = {k: list(v.shape) for k, v in model.graph.state.items()}
         r.energy_before, r.energy_nodes_before = _energy(am)
@@ -64,6 +66,14 @@ class Record:
     @property
     def groups(self) -> list[dict[str, Any]]:
         return [g for p in self.passes for g in p.get("changes", {}).get("groups", [])]
+
+    def step(self, name: str) -> dict[str, Any]:
+        """The changes of the last pass named ``name`` (remove-channels: the plan applied,
+        its groups, budget search and hw-check)."""
+        for p in reversed(self.passes):
+            if p["pass"] == name:
+                return p.get("changes", {})
+        raise KeyError(f"no pass {name!r} in this record ({self.pipeline})")
 
     @property
     def barriers(self) -> list[dict[str, Any]]:
@@ -126,7 +136,8 @@ class Record:
 _TYPES = {"model": str, "frontend": str, "pipeline": str, "format": str, "cost_before": dict,
           "cost_after": dict, "passes": list, "keep": dict, "shapes_before": dict,
           "shapes_after": dict, "energy_before": dict, "energy_after": dict,
-          "energy_nodes_before": dict, "energy_nodes_after": dict, "output": dict}
+          "energy_nodes_before": dict, "energy_nodes_after": dict, "output": dict,
+          "given": str}
 _REQUIRED = ("model", "frontend", "pipeline", "format")
 
 

@@ -44,7 +44,7 @@ def format_record(rec: Record, top_layers: int = 8) -> str:
              b["param_bytes"], a["param_bytes"]),
             ("activation bytes", _bytes(b["act_bytes"]), _bytes(a["act_bytes"]),
              b["act_bytes"], a["act_bytes"])]
-    lines = [f"{rec.model} ({rec.frontend})  pipeline: {rec.pipeline}",
+    lines = [f"{rec.model} ({rec.frontend})  pipeline: {rec.given or rec.pipeline}",
              f"  {'':18}{'before':>14}{'after':>14}{'change':>10}"]
     for name, sb, sa, nb, na in rows:
         change = f"{(na - nb) / nb * 100:+.1f}%" if nb else "-"
@@ -126,3 +126,29 @@ def format_energy(rec: Record, top: int = 5) -> list[str]:
             lines.append(f"      {(scope or name)[:40]:40} {op:10} {_energy_value(e, unit):>12}"
                          f" -> {_energy_value(after, unit)}")
     return lines
+
+
+def format_plan(rec: Record) -> str:
+    """Every plan the run applied: per pruned group, its channels, what it kept and the
+    passes that decided the count."""
+    lines = []
+    for p in rec.passes:
+        ch = p.get("changes", {})
+        if "selected_by" not in ch:
+            continue
+        lines.append(f"plan applied by {p['pass']} (selected by {ch['selected_by']}): "
+                     f"{ch['groups_pruned']} of {ch['groups_total']} groups pruned")
+        if "budget" in ch:
+            b = ch["budget"]
+            lines.append(f"  budget: {b['budget']} {b['achieved']:.4g} <= {b['target']:.4g} "
+                         f"(dense {b['dense']:.4g}), global ratio {b['ratio']:.3f}")
+        if not ch["groups"]:
+            continue
+        lines.append(f"  {'group':40} {'channels':>8} {'kept':>6}  decided by")
+        for g in ch["groups"]:
+            kept = f"{g['kept']}" + ("" if g["exact"] else "~")
+            lines.append(f"  {g['name'][:40]:40} {g['channels']:>8} {kept:>6}  "
+                         + " -> ".join(g.get("decided_by", [])))
+        if any(not g["exact"] for g in ch["groups"]):
+            lines.append("  ~ approximate group: norm statistics span its channels")
+    return "\n".join(lines) if lines else "no plan was applied"

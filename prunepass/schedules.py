@@ -99,7 +99,7 @@ class Sparsifier:
 
     def __post_init__(self) -> None:
         from prunepass.api import load
-        from prunepass.passes.transform.mask import Mask
+        from prunepass.passes.pipelines.mask import Mask
         opts = {k.replace("_", "-"): v for k, v in self.mask_options.items()}
         bad = {"granularity", "sparsity", "threshold"} & set(opts)
         if bad:

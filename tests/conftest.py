@@ -5,19 +5,13 @@ import pytest
 import torch
 
 from prunepass.frontends.torch import TorchModel
-from prunepass.passes.transform.channel_plan import PLAN_OPTIONS
-from prunepass.passes.transform.prune_channels import plan_keep, relative_error
+from prunepass.numerics import relative_error
+from prunepass.passes.pipelines.prune_channels import plan_for
 from prunepass.pm import AnalysisManager
 
 # one thread is several times faster than two on a shared two-core machine (OpenMP
 # threads contend with the other process for the cores)
 torch.set_num_threads(1)
-
-
-def plan_options(**kw) -> dict:
-    opts = {o.name: o.default for o in PLAN_OPTIONS}
-    opts.update({k.replace("_", "-"): v for k, v in kw.items()})
-    return opts
 
 
 class Pruned:
@@ -27,9 +21,9 @@ class Pruned:
         self.module, self.inputs = module.eval(), inputs
         self.adapter = TorchModel.from_module(module, inputs)
         self.am = AnalysisManager(self.adapter)
-        self.opts = plan_options(**opts)
-        self.cg, self.removed, self.groups, self.keep = plan_keep(
-            self.adapter.graph, self.am, self.opts)
+        self.plan = plan_for(self.am, **opts)
+        self.cg, self.removed, self.groups, self.keep = (
+            self.plan.cg, self.plan.removed, self.plan.summary(), self.plan.keep())
         with torch.no_grad():
             out = module(*inputs)
         self.original = [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
@@ -59,4 +53,4 @@ def pruned_factory():
     return Pruned
 
 
-__all__ = ["Pruned", "plan_options", "relative_error"]
+__all__ = ["Pruned", "relative_error"]

@@ -119,9 +119,9 @@ def test_hw_round_prunes_onto_measured_steps_and_equals_the_masked_model(tmp_pat
     pipeline = ("prune-channels<ratio=0.3,hw-round=ort,hw-threads=1,hw-tolerance=0.0,"
                 "hw-check=false>,dce")
     res = prunepass.prune(model, X, pipeline, check_numerics=True)
-    step = res.record.passes[0]
-    assert step["changes"]["max_rel_error_vs_masked"] < 1e-5
-    groups = {g["channels"]: g for g in step["changes"]["groups"]}
+    step = res.record.step("remove-channels")
+    assert step["max_rel_error_vs_masked"] < 1e-5
+    groups = {g["channels"]: g for g in step["groups"]}
     # what the pass chose is the snap of the analysis on the same (cached) measurements
     adapter = TorchModel.from_module(model, X)
     am = AnalysisManager(adapter)
@@ -152,14 +152,14 @@ def test_alternate_visits_runners_in_turn_and_reverses_every_other_round():
 def test_latency_budget_from_measured_layers_is_met(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEPASS_CACHE", str(tmp_path))
     from prunepass.hardware import load_profile
-    from prunepass.passes.transform.budget import measured_latency
+    from prunepass.passes.plan.budget import measured_latency
     model = net()
     # 32x32, not X's 12x12: layers that small take a few microseconds, mostly the runtime's
     # own per-call cost, so no pruning reached 0.7x of dense in some runs
     x = (torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
     pipeline = ("prune-channels<target-latency-ms=0.7x,latency-source=ort,hw-threads=1>,dce")
     res = prunepass.prune(model, x, pipeline, check_numerics=True)
-    budget = res.record.passes[0]["changes"]["budget"]
+    budget = res.record.step("remove-channels")["budget"]
     assert "measured alone on ort" in budget["budget"]
     assert budget["achieved"] <= budget["target"] == pytest.approx(0.7 * budget["dense"])
     # the metric is the sum of the cached layer timings plus the profile for other nodes
@@ -200,7 +200,7 @@ def test_hw_round_makes_the_same_choices_on_the_torch_model_and_its_onnx_export(
     pipeline = "prune-channels<ratio=0.3,hw-round=ort,hw-threads=1,hw-check=false>,dce"
     routes = [prunepass.prune(model, (x,), pipeline),
               prunepass.prune(str(tmp_path / "m.onnx"), None, pipeline)]
-    groups = [r.record.passes[0]["changes"]["groups"] for r in routes]
+    groups = [r.record.step("remove-channels")["groups"] for r in routes]
     kept = [sorted((g["channels"], g["kept"]) for g in gs) for gs in groups]
     assert kept[0] == kept[1] and kept[0][0][0] == 44
     onnx_am = AnalysisManager(prunepass.load(str(tmp_path / "m.onnx")))
@@ -256,9 +256,13 @@ def test_groups_read_together_snap_together_to_one_fraction():
 @pytest.mark.parametrize("faster", ["snapped", "asked"])
 def test_hw_check_keeps_the_plan_whose_model_ran_faster(monkeypatch, faster):
     """Both plans are built and timed as models; the record carries both timings."""
-    from prunepass.passes.transform import hw_check, prune_channels
-    monkeypatch.setattr(prune_channels, "hardware_snap",
-                        lambda am, opts: lambda reqs: [min(g.size, k + 2) for g, k in reqs])
+    from prunepass.passes.analysis.channel_latency import ChannelLatencyAnalysis
+    from prunepass.passes.plan import hw_check
+
+    class TwoMore:  # a staircase two channels above every request
+        def snap_many(self, reqs, **kw):  # noqa: ANN001, ANN003, ANN202
+            return [min(g.size, k + 2) for g, k in reqs]
+    monkeypatch.setattr(ChannelLatencyAnalysis, "run", lambda self, graph, am: TwoMore())
     timed = {}
 
     def time_plans(model, keeps, backend, threads, trials, rounds=5):  # noqa: ANN001, ANN202
@@ -267,7 +271,7 @@ def test_hw_check_keeps_the_plan_whose_model_ran_faster(monkeypatch, faster):
     monkeypatch.setattr(hw_check, "time_plans", time_plans)
     res = prunepass.prune(net(), X, "prune-channels<ratio=0.3,hw-round=ort,hw-threads=1>,dce",
                           check_numerics=True)
-    changes = res.record.passes[0]["changes"]
+    changes = res.record.step("remove-channels")
     kept = sorted((g["channels"], g["kept"]) for g in changes["groups"])
     assert kept == ([(30, 23), (50, 37)] if faster == "snapped" else [(30, 21), (50, 35)])
     assert (timed["backend"], timed["threads"]) == ("ort", 1)
@@ -284,7 +288,7 @@ def test_hw_check_keeps_the_plan_whose_model_ran_faster(monkeypatch, faster):
 
 
 def test_hw_check_times_plans_built_from_torch_and_onnx_models(tmp_path):
-    from prunepass.passes.transform.hw_check import compare, time_plans
+    from prunepass.passes.plan.hw_check import compare, time_plans
     torch.onnx.export(net(), X, str(tmp_path / "m.onnx"), dynamo=True, external_data=False)
     for model in (TorchModel.from_module(net(), X), prunepass.load(str(tmp_path / "m.onnx"))):
         cg = AnalysisManager(model).get("channel-groups")

@@ -56,14 +56,14 @@ def test_prune_half_equals_masked_and_runs(name):
     model, x = make(name)
     before = copy.deepcopy(model.state_dict())
     res = prunepass.prune(model, (x,), "prune-channels<ratio=0.5>,dce", check_numerics=True)
-    changes = res.record.passes[0]["changes"]
+    changes = res.record.step("remove-channels")
     exact = all(g["exact"] for g in changes["groups"])
     if exact:
         assert changes["max_rel_error_vs_masked"] <= 1e-5
     else:  # transformers: layer-norm groups are approximate by nature; exact ones are checked
         res_exact = prunepass.prune(model, (x,), "prune-channels<ratio=0.5,exact-only=true>",
                                     check_numerics=True)
-        assert res_exact.record.passes[0]["changes"]["max_rel_error_vs_masked"] <= 1e-5
+        assert res_exact.record.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5
     with torch.no_grad():
         dense, out = model(x), res.model(x)
     assert out.shape == dense.shape and torch.isfinite(out).all()

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from prunepass import PlanError, TraceError
 from prunepass.frontends.onnx import OnnxModel
 from prunepass.ir import ops
-from prunepass.passes.transform.prune_channels import relative_error
+from prunepass.numerics import relative_error
 from prunepass.pm import AnalysisManager, PassManager
 
 
@@ -83,7 +83,7 @@ def test_shape_chain_is_folded_and_rewritten(tmp_path: Path) -> None:
     assert reshapes[0].outputs[0].shape == (2, 8, 36)
     ref = a.run()
     rec = _prune(a)
-    assert rec.passes[0]["changes"]["max_rel_error_vs_masked"] <= 1e-5
+    assert rec.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5
     assert a.graph.state["w1"].shape == (4, 3, 3, 3)
     assert [n.outputs[0].shape for n in a.graph.nodes if n.op == ops.RESHAPE] == \
         [(2, 4, 36), (2, 4, 6, 6)]
@@ -96,7 +96,7 @@ def test_unmapped_op_is_a_barrier_and_left_alone(tmp_path: Path) -> None:
     m = _conv_chain(middle, "n1", n=1)
     a = OnnxModel.load(_save(m, tmp_path / "lp.onnx"))
     rec = _prune(a)
-    barriers = rec.passes[0]["changes"]["barriers"]
+    barriers = rec.step("remove-channels")["barriers"]
     assert [b["op"] for b in barriers] == ["LpNormalization"]
     assert "no ONNX mapping" in barriers[0]["why"]
     # the channels through the barrier are kept; the last conv's are pinned as an output
@@ -115,7 +115,7 @@ def test_custom_op_known_to_onnxruntime_is_a_barrier(tmp_path: Path) -> None:
     gelu = next(n for n in a.graph.nodes if n.target == "com.microsoft::Gelu")
     assert gelu.op == ops.BARRIER and gelu.outputs[0].shape == (1, 8, 6, 6)
     rec = _prune(a)
-    assert rec.passes[0]["changes"]["max_rel_error_vs_masked"] <= 1e-5
+    assert rec.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5
     assert a.graph.state["w1"].shape == (8, 3, 3, 3)  # behind the barrier
     assert a.graph.state["w3"].shape == (4, 8, 1, 1)  # after it: pruned
     onnx.checker.check_model(a.materialize(), full_check=True)
@@ -267,7 +267,7 @@ def test_models_over_2gib_go_through_files(tmp_path: Path, monkeypatch) -> None:
     a = OnnxModel.load(src)
     dense = a.run()
     rec = _prune(a)
-    assert rec.passes[0]["changes"]["max_rel_error_vs_masked"] <= 1e-5
+    assert rec.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5
     with pytest.raises(PlanError, match="refusing to overwrite .*weights.onnx.data"):
         a.save(tmp_path / "weights.onnx")  # its data file would be the input's
     out = a.save(tmp_path / "out" / "pruned.onnx")

@@ -17,8 +17,8 @@ import torch
 import torchvision
 
 from prunepass.frontends.onnx import OnnxModel
-from prunepass.passes.transform.channel_plan import PLAN_OPTIONS
-from prunepass.passes.transform.prune_channels import plan_keep, relative_error
+from prunepass.numerics import relative_error
+from prunepass.passes.pipelines.prune_channels import plan_for
 from prunepass.pm import AnalysisManager, PassManager
 from prunepass.testing import randomize
 
@@ -131,12 +131,6 @@ def exported(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     return get
 
 
-def _opts(**kw: object) -> dict:
-    o = {op.name: op.default for op in PLAN_OPTIONS}
-    o.update(kw)
-    return o
-
-
 def _ort(model: onnx.ModelProto, xs: list[np.ndarray]) -> list[np.ndarray]:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), xs)})
@@ -153,8 +147,8 @@ def test_pruning_equals_masking(exported, name: str, exporter: str) -> None:  # 
     xs = list(a.example_inputs)
     dense = _ort(original, xs)
     # pruning nothing: a plan keeping every index rewrites nothing and changes nothing
-    cg, removed, groups, keep = plan_keep(a.graph, AnalysisManager(a), _opts(**{
-        "exact-only": True}))
+    plan = plan_for(AnalysisManager(a), exact_only=True)
+    groups, keep = plan.summary(), plan.keep()
     everything = {k: np.arange(_size(a, k)) for k in keep}
     untouched = a.clone()
     untouched.apply_keep(everything, "remove")
@@ -196,7 +190,7 @@ def test_attention_heads_are_pruned(exported, exporter: str) -> None:  # noqa: A
     a = OnnxModel.load(exported("attention", exporter))
     rec = PassManager("prune-channels<ratio=0.5,exact-only=true>,dce").run(
         a, AnalysisManager(a, check_numerics=True))
-    assert rec.passes[0]["changes"]["max_rel_error_vs_masked"] <= 1e-5
+    assert rec.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5
     changed = {tuple(b): tuple(c) for _, b, c in rec.layers()}
     qkv = (32, 96) if (32, 96) in changed else (96, 32)
     assert changed[qkv] == ((32, 48) if qkv == (32, 96) else (48, 32))
@@ -223,7 +217,7 @@ def test_fold_bn_then_prune(tmp_path: Path, exporter: str) -> None:
         a, AnalysisManager(a, check_numerics=True))
     assert len(rec.passes[0]["changes"]["folded"]) == 2
     assert sum(n.op == "batchnorm" for n in a.graph.nodes) == 0
-    assert rec.passes[1]["changes"]["max_rel_error_vs_masked"] <= 1e-5
+    assert rec.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5
     with torch.no_grad():
         assert relative_error(dense, [model(x).numpy()]) <= 1e-5
     onnx.checker.check_model(a.materialize(), full_check=True)
@@ -271,7 +265,7 @@ def test_onnx_attention_op(tmp_path: Path) -> None:
     assert len(att) == 1 and att[0].inputs[0].shape == (2, 4, 5, 8)
     rec = PassManager("prune-channels<ratio=0.5,exact-only=true>,dce").run(
         a, AnalysisManager(a, check_numerics=True))
-    assert rec.passes[0]["changes"]["max_rel_error_vs_masked"] <= 1e-5
+    assert rec.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5
     att = [n for n in a.graph.nodes if n.op == "attention"][0]
     assert att.inputs[0].shape == (2, 4, 5, 4)
     node = a.model.graph.node[a.node_index[att.name]]

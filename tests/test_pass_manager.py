@@ -10,7 +10,7 @@ from prunepass.frontends.torch import TorchModel
 from prunepass.pm import AnalysisManager, REGISTRY, lookup
 from prunepass.passes.transform.dce import DeadCodeElimination
 from prunepass.passes.transform.fold_bn import FoldBatchNorm
-from prunepass.passes.transform.prune_channels import PruneChannels
+from prunepass.passes.pipelines.prune_channels import PruneChannels
 from tests.rule_models import ConvBnRelu
 
 
@@ -21,7 +21,14 @@ def test_text_pipeline_equals_python_pipeline():
                          DeadCodeElimination()])
     assert PassManager(text) == built
     assert PassManager(built.pipeline) == built  # printing round-trips
-    assert built.pipeline == "fold-bn,channel-groups,prune-channels<importance=l1,ignore=[c2,fc*]>,dce"
+    # named pipelines expand; the pipeline run spells out every option, defaults included
+    assert built.pipeline == (
+        "fold-bn,channel-groups,"
+        "score-channels<importance=l1,seed=0,energy-aware=false,profile=x86-epyc>,"
+        "limit-channels<ignore=[c2,fc*],exact-only=false,round-to=1,min-channels=1,"
+        "max-ratio=0.9,tie-sizes=true>,"
+        "select-channels<ratio=0.5,scope=local,group-ratios=[]>,remove-channels,dce")
+    assert built.given == "fold-bn,channel-groups,prune-channels<importance=l1,ignore=[c2,fc*]>,dce"
 
 
 @pytest.mark.parametrize("text, words", [
@@ -78,6 +85,10 @@ def test_every_pass_is_listed_with_options(capsys):
 def test_record_has_timings_and_verification():
     rec = prunepass.prune(ConvBnRelu().eval(), (torch.randn(1, 3, 8, 8),),
                           "fold-bn,prune-channels<ratio=0.5>,dce").record
-    assert [p["pass"] for p in rec.passes] == ["fold-bn", "prune-channels", "dce"]
-    assert all(p["seconds"] >= 0 and p["verified"] for p in rec.passes)
+    assert [p["pass"] for p in rec.passes] == ["fold-bn", "score-channels", "limit-channels",
+                                               "select-channels", "remove-channels", "dce"]
+    assert rec.given == "fold-bn,prune-channels<ratio=0.5>,dce"
+    assert all(p["seconds"] >= 0 for p in rec.passes)
+    assert [p["pass"] for p in rec.passes if p.get("verified")] == [
+        "fold-bn", "remove-channels", "dce"]  # plan passes leave the IR as it was
     assert rec.passes[0]["changes"]["folded"] and rec.cost_after["macs"] < rec.cost_before["macs"]

@@ -43,7 +43,7 @@ def traced():
 
 def _budget(adapter, pipeline: str, profile: str) -> dict:
     rec = prunepass.prune(adapter.clone(), None, pipeline, energy_profile=profile).record
-    return {**rec.passes[0]["changes"]["budget"], "record": rec}
+    return {**rec.step("remove-channels")["budget"], "record": rec}
 
 
 @pytest.mark.parametrize("name", ["resnet18", "shufflenet_v2_x0_5"])
@@ -115,23 +115,21 @@ def test_a_budget_on_a_metric_that_is_not_monotone_finds_the_least_pruning():
     tests ratio 0.45 first, finds it over the goal and would settle far above the least
     pruning that meets the target; the coarse scan finds the first bracket that meets it."""
     from prunepass.passes.analysis.cost import compute_cost
-    from prunepass.passes.transform.budget import search_ratio
-    from prunepass.passes.transform.channel_plan import choose_removed
+    from prunepass.passes.plan.budget import search_ratio
+    from prunepass.passes.pipelines.prune_channels import plan_for
+    from prunepass.passes.plan.selection import choose_removed
     torch.manual_seed(0)
     adapter = prunepass.load(DigitsCNN(32).eval(), (torch.randn(1, 1, 8, 8),))
     am = AnalysisManager(adapter)
-    cg = am.get("channel-groups")
-    scores = am.get("importance", criterion="l2", seed=0)
-    opts = {"scope": "local", "exact-only": False, "ignore": [], "min-channels": 1,
-            "round-to": 1, "max-ratio": 0.9}
+    plan = plan_for(am, select=False)
     dense = float(compute_cost(adapter.graph).totals["macs"])
 
     def bumpy(g, keep=None) -> float:  # noqa: ANN001
         frac = float(compute_cost(g).totals["macs"]) / dense
         return dense * (1.0 if 0.2 < frac < 0.45 else frac)
 
-    _, summary = search_ratio(adapter.graph, cg, lambda r: choose_removed(
-        cg, scores, {**opts, "ratio": r})[0], bumpy, 0.9, True, 0.9, "MACs")
+    _, summary = search_ratio(adapter.graph, plan.cg, lambda r: choose_removed(plan, r)[0],
+                              bumpy, 0.9, True, 0.9, "MACs")
     assert summary["achieved"] <= summary["target"] == pytest.approx(0.9 * dense)
     assert summary["ratio"] < 0.9 / 8  # in the first step of the scan, not past the bump
     assert summary["achieved"] >= 0.85 * summary["target"]

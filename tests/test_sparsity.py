@@ -16,7 +16,7 @@ from prunepass.errors import PlanError
 from prunepass.frontends.base import ModelAdapter
 from prunepass.frontends.torch import TorchModel, weight_masks
 from prunepass.passes.analysis.sparsity import format_sparsity, nm_violations, weight_layers
-from prunepass.passes.transform.mask import Mask
+from prunepass.passes.pipelines.mask import Mask
 from prunepass.pm import AnalysisManager
 from prunepass.schedules import Schedule, Sparsifier, sparsify
 from prunepass.testing import randomize
@@ -162,7 +162,7 @@ def test_threshold_and_taylor_and_alias(cnn):
         assert np.array_equal(got == 0, np.abs(w) < 0.05), name
     # mask<sparsity=x> at channel granularity is mask<ratio=x>: the same pass
     assert PassManager("mask<sparsity=0.3>") == PassManager("mask<ratio=0.3>")
-    assert PassManager("mask<sparsity=0.3>").pipeline == "mask<ratio=0.3>"
+    assert "select-channels<ratio=0.3," in PassManager("mask<sparsity=0.3>").pipeline
     assert Mask(granularity="weight", importance="magnitude") == Mask(granularity="weight")
 
 
@@ -175,7 +175,7 @@ def test_channel_threshold_masks_the_channels_scoring_below_it():
     prunable = np.concatenate([g.classes[g.prunable] for g in cg.groups])
     t = float(np.median(scores[prunable]))
     rec = PassManager(f"mask<threshold={t},importance=l1>").run(a, am)
-    removed = rec.passes[0]["changes"]["removed_classes"]
+    removed = rec.step("mask-channels")["removed_classes"]
     assert removed == int((scores[prunable] < t).sum()) > 0
     assert a.run()[0].shape == (2, 8, 8, 8)  # shapes kept: channels zeroed, not removed
 
@@ -186,7 +186,7 @@ def test_weight_masks_compose_with_channel_pruning_fold_and_dce(cnn):
     b = a.clone()
     rec = PassManager("prune-channels<ratio=0.5>,fold-bn,dce").run(
         b, AnalysisManager(b, check_numerics=True))
-    assert rec.passes[0]["changes"]["max_rel_error_vs_masked"] <= 1e-5
+    assert rec.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5
     masks = b.weight_masks()
     for n, w in weights(b).items():
         assert masks[n].shape == w.shape and np.all(w[~masks[n]] == 0), n

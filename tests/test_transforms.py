@@ -30,7 +30,7 @@ def test_fold_then_prune_equals_masked():
     model = randomize(ConvBnRelu().eval())
     res = prunepass.prune(model, (torch.randn(2, 3, 8, 8),), "fold-bn,prune-channels<ratio=0.5>",
                           check_numerics=True)
-    assert res.record.passes[1]["changes"]["max_rel_error_vs_masked"] <= 1e-5
+    assert res.record.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5
 
 
 def test_dce_removes_an_unused_branch_and_its_weights():

@@ -63,7 +63,7 @@ def test_layers_timed_on_tvm_drive_a_latency_budget(tmp_path, monkeypatch):
     import prunepass
     from prunepass.backends.measure.layer_latency import LayerLatency
     from prunepass.hardware import load_profile
-    from prunepass.passes.transform.budget import measured_latency
+    from prunepass.passes.plan.budget import measured_latency
     from prunepass.testing import randomize
     monkeypatch.setenv("PRUNEPASS_CACHE", str(tmp_path))
     monkeypatch.delenv("TVM_NUM_THREADS", raising=False)  # set by the timer, undone after
@@ -74,7 +74,7 @@ def test_layers_timed_on_tvm_drive_a_latency_budget(tmp_path, monkeypatch):
     x = (torch.randn(1, 3, 16, 16),)
     res = prunepass.prune(model, x, "prune-channels<target-latency-ms=0.7x,latency-source=tvm,"
                           "hw-trials=0,hw-threads=2>,dce", check_numerics=True)
-    budget = res.record.passes[0]["changes"]["budget"]
+    budget = res.record.step("remove-channels")["budget"]
     assert "measured alone on tvm (0 trials per kernel)" in budget["budget"]
     assert budget["achieved"] <= budget["target"] == pytest.approx(0.7 * budget["dense"])
     assert budget["evaluations"] <= 21
@@ -170,11 +170,11 @@ def test_a_latency_budget_on_tvm_built_models_measures_every_plan(tmp_path, monk
     x = (torch.randn(1, 3, 24, 24),)
     res = prunepass.prune(model, x, "prune-channels<target-latency-ms=0.6x,"
                           "latency-source=tvm-model,hw-trials=0>,dce", check_numerics=True)
-    budget = res.record.passes[0]["changes"]["budget"]
+    budget = res.record.step("remove-channels")["budget"]
     assert budget["budget"].startswith("latency (ms, each planned model compiled by tvm")
     assert budget["achieved"] <= budget["target"] == pytest.approx(0.6 * budget["dense"])
     assert 2 <= budget["evaluations"] <= 21
-    kept = [g["kept"] for g in res.record.passes[0]["changes"]["groups"]]
+    kept = [g["kept"] for g in res.record.step("remove-channels")["groups"]]
     assert kept and all(k < 32 for k in kept)  # channels went: untuned convs cost per MAC
     out = res.model(*x)
     assert out.shape == (1, 10) and torch.isfinite(out).all()
@@ -188,7 +188,7 @@ def test_hw_check_times_plans_compiled_by_tvm(monkeypatch):
     from torch import nn
 
     from prunepass.frontends.torch import TorchModel
-    from prunepass.passes.transform.hw_check import time_plans
+    from prunepass.passes.plan.hw_check import time_plans
     from prunepass.pm import AnalysisManager
     from prunepass.testing import randomize
     monkeypatch.delenv("TVM_NUM_THREADS", raising=False)

@@ -107,8 +107,9 @@ class Sensitivity:
 
 
 def eligible_groups(cg, ignore: list[str]) -> list:  # noqa: ANN001
-    from prunepass.passes.transform.channel_plan import _ignored
-    return [g for g in cg.groups if g.prunable.any() and not _ignored(g, ignore)]
+    from prunepass.plan import Limits
+    limits = Limits(ignore=list(ignore))
+    return [g for g in cg.groups if g.prunable.any() and not limits.ignores(g)]
 
 
 @register
@@ -124,8 +125,9 @@ class SensitivityAnalysis(AnalysisPass):
     )
 
     def run(self, graph: Graph, am) -> Sensitivity:  # noqa: ANN001
-        from prunepass.passes.transform.budget import planned_shapes
-        from prunepass.passes.transform.channel_plan import PLAN_OPTIONS, choose_removed
+        from prunepass.passes.plan.budget import planned_shapes
+        from prunepass.passes.pipelines.prune_channels import plan_for
+        from prunepass.passes.plan.selection import choose_removed, parse_group_ratios
         evaluate = getattr(am, "evaluate", None)
         if evaluate is None:
             raise PipelineError(
@@ -134,18 +136,16 @@ class SensitivityAnalysis(AnalysisPass):
                 "fn(module) returns a score, higher is better (e.g. accuracy in %)")
         ratios = parse_ratios(self["ratios"], self.name)
         cg = am.get("channel-groups")
-        scores = am.get("importance", criterion=self["importance"])
-        plan = {o.name: o.default for o in PLAN_OPTIONS}
-        plan.update({"importance": self["importance"], "round-to": self["round-to"],
-                     "ratio": 0.0})
+        plan = plan_for(am, select=False, importance=self["importance"],
+                        round_to=self["round-to"])
         dense = score_of(evaluate, am.model.materialize(), "the unpruned model")
         dense_macs = int(am.get("cost").totals["macs"])
         out = []
         for g in eligible_groups(cg, self["ignore"]):
             gs = GroupSensitivity(g.id, g.producers[0][0], g.size)
             for r in ratios:
-                removed, _ = choose_removed(cg, scores,
-                                            {**plan, "group-ratios": [f"{gs.name}:{r}"]})
+                ratio = parse_group_ratios([f"{gs.name}:{r}"], cg)
+                removed = plan.finish(choose_removed(plan, 0.0, "local", ratio)[0])
                 keep = cg.keep_for(removed)
                 if not keep:  # rounding kept every channel
                     gs.drops[r], gs.macs[r] = 0.0, dense_macs

@@ -5,7 +5,9 @@ import numpy as np
 
 from prunepass.errors import PipelineError, PlanError
 from prunepass.ir.graph import Graph
-from prunepass.pm import Option, PreservedAnalyses, TransformPass, TransformResult, register
+from prunepass.plan import PrunePlan
+from prunepass.pm import Option, TransformPass, TransformResult, register
+from prunepass.passes.transform.remove_channels import apply_plan
 from prunepass.record import Record
 
 
@@ -58,17 +60,14 @@ class ApplyRecord(TransformPass):
         record = self.record or Record.load(self["path"])
         cg = am.get("channel-groups")
         removed = removed_from_record(cg, graph, record)
-        keep = cg.keep_for(removed)
-        from prunepass.passes.transform.prune_channels import state_keep
-        changes = {"removed_classes": int(removed.sum()), "keep": state_keep(graph, keep)}
-        for (name, axis), idx in keep.items():
+        for (name, axis), idx in cg.keep_for(removed).items():
             v = next((s for s in graph.state.values() if s.name == name), None)
             if v is not None and v.param in record.keep and \
                     str(axis) in record.keep[v.param] and \
                     list(idx) != list(record.keep[v.param][str(axis)]):
                 raise PlanError(f"record and model disagree on {v.param} axis {axis}: the "
                                 "coupled channels differ from those the record kept")
-        if keep:
-            am.model.apply_keep(keep, "remove")
-        return TransformResult(PreservedAnalyses.none() if keep else PreservedAnalyses.all(),
-                               changes)
+        plan = PrunePlan(cg, np.zeros(cg.n_classes), "the record")
+        plan.limits.tie_sizes = False
+        plan.select(self.text(), lambda finish: (removed, {}))
+        return apply_plan(self.name, plan, am, "remove")

@@ -16,7 +16,7 @@ from prunepass.pm import Option, PreservedAnalyses, TransformPass, TransformResu
 from prunepass.pm.options import at_least
 from prunepass.passes.analysis.sparsity import (
     ignored, nm_blocks, nm_violations, unweighted_layers, weight_layers)
-from prunepass.passes.transform.mask import WEIGHT_CRITERIA, layer_rows, weight_scores
+from prunepass.passes.transform.mask_weights import WEIGHT_CRITERIA, layer_rows, weight_scores
 
 
 def nm_mask(scores: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:

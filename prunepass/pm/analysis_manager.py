@@ -22,6 +22,10 @@ class AnalysisManager:
         self.calibration = calibration  # inputs for data-driven analyses (Taylor)
         self.loss_fn = loss_fn
         self.check_numerics = check_numerics
+        # the open prune plan (prunepass.plan.PrunePlan): made by plan passes, applied and
+        # ended by remove-channels / mask-channels; a pass that changes the model ends it
+        self.plan: Any = None
+        self.plan_dropped_by: str | None = None
         self._cache: dict[tuple[str, tuple], Any] = {}
         self.computed: list[str] = []  # analyses run, in order (for tests and reports)
 

@@ -54,8 +54,7 @@ class Pass:
                 raise PipelineError(f"pass {self.name!r} has no option {key!r} "
                                     f"(options: {valid})")
             self.opts[key] = known[key].convert(value, self.name)
-        for o in self.options:
-            self.opts.setdefault(o.name, o.default)
+        self.opts = {o.name: self.opts.get(o.name, o.default) for o in self.options}
 
     def __getitem__(self, key: str) -> Any:
         return self.opts[key]
@@ -64,9 +63,10 @@ class Pass:
         return {o.name: self.opts[o.name] for o in self.options
                 if self.opts[o.name] != o.default}
 
-    def text(self) -> str:
-        """This pass in pipeline syntax: ``prune-channels<ratio=0.3>``."""
-        opts = self.non_default()
+    def text(self, full: bool = False) -> str:
+        """This pass in pipeline syntax: ``prune-channels<ratio=0.3>``; ``full``: every
+        option, defaults included."""
+        opts = self.opts if full else self.non_default()
         if not opts:
             return self.name
         def fmt(v: Any) -> str:
@@ -97,3 +97,20 @@ class TransformPass(Pass):
 
     def run(self, graph, am) -> TransformResult:  # noqa: ANN001
         raise NotImplementedError
+
+
+class PipelinePass(Pass):
+    """A named pipeline, as LLVM's ``default<O2>``: a name with options that expands to
+    small passes when parsed. Its options may be many; each small pass keeps few."""
+    kind = "pipeline"
+
+    def expand(self) -> list[Pass]:
+        raise NotImplementedError
+
+
+def expand(passes: list[Pass]) -> list[Pass]:
+    """Named pipelines replaced by the passes they stand for."""
+    out: list[Pass] = []
+    for p in passes:
+        out.extend(expand(p.expand()) if isinstance(p, PipelinePass) else [p])
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from prunepass.errors import PipelineError
-from prunepass.pm.passes import Pass
+from prunepass.pm.passes import Pass, expand
 from prunepass.pm.registry import lookup
 
 _NAME = re.compile(r"[a-z][a-z0-9-]*\Z")
@@ -65,8 +65,9 @@ def parse_item(item: str, full: str) -> Pass:
 def parse_pipeline(text: str) -> list[Pass]:
     if not text or not text.strip():
         raise PipelineError("empty pipeline: give passes like 'fold-bn,prune-channels<ratio=0.5>'")
-    return [parse_item(item, text) for item in _split_top(text, ",", text)]
+    return expand([parse_item(item, text) for item in _split_top(text, ",", text)])
 
 
-def format_pipeline(passes: list[Pass]) -> str:
-    return ",".join(p.text() for p in passes)
+def format_pipeline(passes: list[Pass], full: bool = False) -> str:
+    """Pipeline text; ``full``: every option of every pass, defaults included."""
+    return ",".join(p.text(full) for p in passes)

@@ -33,7 +33,7 @@ class Allocation:
     def pipeline(self) -> str:
         """The prune-channels pipeline that applies this allocation."""
         from prunepass.passes.transform.dce import DeadCodeElimination
-        from prunepass.passes.transform.prune_channels import PruneChannels
+        from prunepass.passes.pipelines.prune_channels import PruneChannels
         from prunepass.pm import format_pipeline
         return format_pipeline([PruneChannels(**self.options, ratio=0.0,
                                               group_ratios=group_items(self.ratios)),
@@ -54,8 +54,9 @@ def allocate(model: Any, example_inputs: Sequence[Any] | Any, sensitivity: Sensi
     analysis of the same model; ``options`` are fixed prune-channels options
     (importance, round-to, min-channels, ...) used both here and in ``.pipeline``."""
     from prunepass.api import load
-    from prunepass.passes.transform.budget import metric_fn, parse_target, planned_shapes
-    from prunepass.passes.transform.channel_plan import PLAN_OPTIONS, choose_removed
+    from prunepass.passes.plan.budget import metric_fn, parse_target, planned_shapes
+    from prunepass.passes.pipelines.prune_channels import plan_for
+    from prunepass.passes.plan.selection import choose_removed, parse_group_ratios
     from prunepass.pm import AnalysisManager
     if budget not in WHAT:
         raise PipelineError(f"allocate: budget {budget!r}: use one of {', '.join(WHAT)}")
@@ -71,9 +72,7 @@ def allocate(model: Any, example_inputs: Sequence[Any] | Any, sensitivity: Sensi
     adapter = load(model, example_inputs)
     am = AnalysisManager(adapter)
     cg = am.get("channel-groups")
-    plan = {o.name: o.default for o in PLAN_OPTIONS}
-    plan.update(opts)
-    scores = am.get("importance", criterion=plan["importance"], seed=plan["seed"])
+    plan = plan_for(am, select=False, **opts)
     by_param = {p for g in cg.groups for p, _ in g.producers}
     unknown = [g.name for g in sensitivity.groups if g.name not in by_param]
     if unknown:
@@ -86,8 +85,8 @@ def allocate(model: Any, example_inputs: Sequence[Any] | Any, sensitivity: Sensi
     goal = value * dense if relative else value
 
     def measure(ratios: dict[str, float]) -> float:
-        removed, _ = choose_removed(cg, scores, {**plan, "ratio": 0.0,
-                                                 "group-ratios": group_items(ratios)})
+        per_group = parse_group_ratios(group_items(ratios), cg)
+        removed = plan.finish(choose_removed(plan, 0.0, "local", per_group)[0])
         with planned_shapes(graph, cg.keep_for(removed)):
             return metric(graph)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from prunepass.errors import PipelineError
-from prunepass.passes.transform.budget import parse_target
+from prunepass.passes.plan.budget import parse_target
 
 DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "energy_mj": "minimize",
               "macs": "minimize", "params": "minimize"}

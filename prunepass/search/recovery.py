@@ -127,6 +127,7 @@ def compose(records: Sequence[Record]) -> Record:
     first, last = records[0], records[-1]
     out = Record(model=first.model, frontend=first.frontend,
                  pipeline=",".join(r.pipeline for r in records),
+                 given=",".join(r.given or r.pipeline for r in records),
                  cost_before=first.cost_before, cost_after=last.cost_after,
                  shapes_before=first.shapes_before, shapes_after=last.shapes_after,
                  energy_before=first.energy_before, energy_after=last.energy_after,
@@ -156,8 +157,8 @@ def prune_with_recovery(model: Any, example_inputs: Sequence[Any],
 
     from prunepass.api import load
     from prunepass.passes.analysis.sensitivity import score_of
-    from prunepass.passes.transform.budget import metric_fn
-    from prunepass.passes.transform.prune_channels import PruneChannels
+    from prunepass.passes.plan.budget import metric_fn
+    from prunepass.passes.pipelines.prune_channels import PruneChannels
     from prunepass.passes.transform.dce import DeadCodeElimination
     from prunepass.pm import AnalysisManager, PassManager
     opts = {k.replace("_", "-"): v for k, v in (options or {}).items()}

@@ -33,7 +33,7 @@ class SearchSpace:
                   options: dict[str, Any] | None = None) -> "SearchSpace":
         """The space over a model's channel groups ``cg`` (the channel-groups analysis)."""
         from prunepass.passes.analysis.sensitivity import eligible_groups
-        from prunepass.passes.transform.prune_channels import PruneChannels
+        from prunepass.passes.pipelines.prune_channels import PruneChannels
         opts = {k.replace("_", "-"): v for k, v in (options or {}).items()}
         clash = sorted(set(opts) & set(SEARCH_OWNS))
         if clash:
@@ -121,7 +121,7 @@ class SearchSpace:
     def passes(self, choice: dict[str, Any]) -> list[Pass]:
         """prune-channels with the point's per-group ratios, then dce."""
         from prunepass.passes.transform.dce import DeadCodeElimination
-        from prunepass.passes.transform.prune_channels import PruneChannels
+        from prunepass.passes.pipelines.prune_channels import PruneChannels
         ratios = [f"{g}:{r:g}" for g, r in choice["ratios"].items() if r > 0]
         prune = PruneChannels(**self.options, ratio=0.0, group_ratios=ratios,
                               round_to=choice["round_to"], importance=choice["importance"])

@@ -16,7 +16,7 @@ from prunepass.errors import PipelineError, PlanError
 from prunepass.ir.graph import Graph
 
 
-def parse_target(text: str, option: str) -> tuple[float, bool]:
+def parse_target(text: str, option: str, owner: str = "select-budget") -> tuple[float, bool]:
     """'0.5x' -> (0.5, relative); '1.2e9' -> (1.2e9, absolute)."""
     t = text.strip().lower()
     try:
@@ -25,10 +25,10 @@ def parse_target(text: str, option: str) -> tuple[float, bool]:
         else:
             value, relative = float(t), False
     except ValueError:
-        raise PipelineError(f"option {option!r} of pass 'prune-channels' expects a number or a "
+        raise PipelineError(f"option {option!r} of pass {owner!r} expects a number or a "
                             f"ratio like 0.5x, got {text!r}") from None
     if value <= 0 or (relative and value >= 1):
-        raise PipelineError(f"option {option!r} of pass 'prune-channels' must be positive "
+        raise PipelineError(f"option {option!r} of pass {owner!r} must be positive "
                             f"(and below 1x when relative), got {text!r}")
     return value, relative
 
@@ -109,7 +109,7 @@ def measured_latency(profile: Any, backend: str, threads: int, trials: int = 0) 
     profile's model for every other node (normalisation, activations, pooling: small beside
     the layers, and memory-bound)."""
     from prunepass.backends.measure.layer_latency import LayerLatency
-    from prunepass.passes.analysis.channel_latency import layer_spec
+    from prunepass.passes.analysis.layer_blocks import layer_spec
     from prunepass.passes.analysis.cost import compute_cost
     from prunepass.passes.analysis.energy import compute_energy
     timer = LayerLatency(backend, threads, trials=trials if backend == "tvm" else 0)

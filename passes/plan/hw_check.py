@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 
 from prunepass.backends.measure.alternate import Spread, alternate, speedup
+from prunepass.errors import PipelineError
+from prunepass.plan import PlanPass
+from prunepass.pm import register
 
 Keep = dict[tuple[str, int], np.ndarray]
 
@@ -58,3 +61,29 @@ def compare(model: Any, snapped: Keep, asked: Keep, backend: str, threads: int, 
             "snapped_ms": Spread.of(rounds["snapped"]).to_dict(),
             "asked_ms": Spread.of(rounds["asked"]).to_dict(),
             "snapped_speedup": gain.to_dict()}
+
+
+@register
+class HwCheck(PlanPass):
+    """Time the plan hw-round snapped against the plan as selected; keep the faster."""
+    name = "hw-check"
+
+    def update(self, am: Any) -> dict[str, Any]:  # noqa: ANN401
+        plan = self.open_plan(am, selected=True)
+        hw = plan.cache.get("hw-round")
+        if hw is None:
+            raise PipelineError(f"{self.name} compares the plan hw-round snapped with the "
+                                "plan as selected: put hw-round before it")
+        if "budget" in plan.notes:
+            raise PipelineError(f"{self.name}: the plan was selected by a budget "
+                                f"({plan.selected_by}), which the snapped plan is searched "
+                                "to meet; hw-check compares plans selected by a ratio")
+        asked = plan.without("hw-round")
+        if (asked == plan.removed).all():
+            return {}
+        check = compare(am.model, plan.cg.keep_for(plan.removed), plan.cg.keep_for(asked),
+                        hw["backend"], hw["threads"], hw["trials"])
+        plan.notes["hw_check"] = check
+        if check["kept"] == "asked":
+            plan.drop_refinement("hw-round")
+        return {"hw_check": check}

@@ -1,0 +1,1 @@
+"""Named pipelines: one name and its options expanding to small passes."""

@@ -1,0 +1,1 @@
+"""Plan passes: they build and refine the prune plan (prunepass.plan)."""
