@@ -1,6 +1,6 @@
 # Two entry points on a fresh machine:
-#   make demo   create .venv, install prunepass, run the end-to-end demo
-#   make test   create .venv, install prunepass with test extras, run the test suite
+#   make demo   create .venv, install prunepass (and scikit-learn), run the end-to-end demo
+#   make test   create .venv, install prunepass with every extra, run the test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,8 +11,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# the demo needs the base install and scikit-learn's digits: no TVM, no root
+demo: $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[demo]"
+	$(BIN)/prunepass demo
+
+# everything: every extra, the tests' tools, the aarch64 cross compiler (apt, root)
 install: $(BIN)/python cross-compiler
-	$(BIN)/python -m pip install -q -e ".[demo,test,bench,tvm]"
+	$(BIN)/python -m pip install -q -e ".[test,bench]"
 
 # aarch64 cross-compilation of TVM libraries needs Debian's cross gcc
 cross-compiler:
@@ -22,9 +28,6 @@ cross-compiler:
 # aarch64 libraries are run under qemu-user in an aarch64 user space (tests, emulated RPC device)
 aarch64-sysroot: $(BIN)/python
 	@PYTHON=$(BIN)/python bash .ci/aarch64-sysroot.sh
-
-demo: install
-	$(BIN)/prunepass demo
 
 test: install aarch64-sysroot
 	$(BIN)/python -m pytest -q tests

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prunepass.errors import PrunepassError, first_line
+from prunepass.errors import CheckFailed, PrunepassError, first_line
 from prunepass.paths import check_outputs
 
 
@@ -149,9 +149,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_arg(s: argparse.ArgumentParser, what: str) -> None:
+    s.add_argument("--json", action="store_true", help=f"write {what} to stdout as one JSON "
+                   "document (an error too: {\"error\": ...}); the text goes to stderr")
+
+
 def _say(args: argparse.Namespace):  # noqa: ANN202
     """Human text: on stdout, or on stderr where stdout carries --json."""
-    return (lambda text: print(text, file=sys.stderr)) if args.json else print
+    return (lambda text: print(text, file=sys.stderr)) if getattr(args, "json", False) \
+        else print
 
 
 def _print_json(data: dict) -> None:
@@ -181,6 +187,10 @@ def cmd_groups(args: argparse.Namespace) -> int:
     model, inputs = _load(args)
     adapter = prunepass.load(model, inputs, args.model)
     cg = AnalysisManager(adapter).get("channel-groups")
+    if args.json:
+        _print_json({"model": args.model, "groups": [g.summary() for g in cg.groups],
+                     "barriers": cg.barriers})
+        return 0
     print(f"{len(cg.groups)} channel groups in {args.model}:")
     print(f"  {'id':>4} {'channels':>8} {'prunable':>8} {'exact':>5}  producers")
     for g in cg.groups:
@@ -302,13 +312,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if "tvm" in args.backends.split(",") and args.target != "x86" and rpc is None:
         raise PrunepassError(f"bench --target {args.target}: this machine cannot run it; name "
                              "the device with --rpc-tracker and --rpc-key")
+    if args.min_speedup and not args.pipeline:
+        raise PrunepassError("bench --min-speedup compares the pruned model with the dense "
+                             "one: give a pipeline (-p)")
     model, pruned, inputs = _pruned(args)
     variants = [("dense", model)] + ([("pruned", pruned)] if pruned is not None else [])
-    print(f"{'backend':8} {'variant':8} {'median ms':>10} {'IQR ms':>8}   (measured, "
-          f"{args.rounds} alternating rounds x {args.repeats} samples)")
+    say = _say(args)
+    source = f"measured here, {args.rounds} alternating rounds x {args.repeats} samples"
+    say(f"{'backend':8} {'variant':8} {'median ms':>10} {'IQR ms':>8}   ({source})")
+    rows, speedups = [], {}
     for backend in args.backends.split(","):
         if backend == "tvm" and rpc is not None:
-            _bench_remote(args, rpc, variants, inputs)
+            rows += _bench_remote(args, rpc, variants, inputs, say)
             continue
         extra = {"trials": args.trials} if backend == "tvm" else {}
         runners = {v: runner(backend, m, inputs, threads=args.threads, **extra)
@@ -317,26 +332,44 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            warmup=2)
         for v, _ in variants:
             st = Spread.of(rounds[v])
-            print(f"{backend:8} {v:8} {st.median:>10.2f} {st.iqr:>8.2f}")
+            say(f"{backend:8} {v:8} {st.median:>10.2f} {st.iqr:>8.2f}")
+            rows.append({"backend": backend, "variant": v, "median_ms": st.median,
+                         "iqr_ms": st.iqr, "source": source})
         if pruned is not None:
             up = speedup(rounds["dense"], rounds["pruned"])
-            print(f"{backend:8} speedup  {up.median:>9.2f}x {up.iqr:>8.2f}")
+            speedups[backend] = up.to_dict()
+            say(f"{backend:8} speedup  {up.median:>9.2f}x {up.iqr:>8.2f}")
+    if args.json:
+        _print_json({"model": args.model, "pipeline": args.pipeline, "rows": rows,
+                     "speedup": speedups})
+    slow = {b: s["median"] for b, s in speedups.items() if s["median"] < args.min_speedup}
+    if slow:
+        b, x = min(slow.items(), key=lambda kv: kv[1])
+        raise CheckFailed(f"bench: the pruned model is {x:.2f}x as fast as the dense one on "
+                          f"{b} (median of per-round ratios), below --min-speedup "
+                          f"{args.min_speedup}")
     return 0
 
 
-def _bench_remote(args: argparse.Namespace, rpc: Any, variants: list, inputs: Any) -> None:
+def _bench_remote(args: argparse.Namespace, rpc: Any, variants: list, inputs: Any,
+                  say: Any) -> list[dict]:  # noqa: ANN401
     """TVM on a device behind a tracker: each variant compiled for --target here and timed
     there, one after the other (a device serves one session at a time)."""
     from prunepass.backends.tvm.measure import measure_tvm
     stats = {v: measure_tvm(m, inputs, repeats=args.rounds * args.repeats, number=1,
                             warmup=2, target=args.target, trials=args.trials, rpc=rpc)
              for v, m in variants}
+    rows = []
     for v, st in stats.items():
-        print(f"{'tvm@' + rpc.key:8} {v:8} {st.median_ms:>10.2f} {st.iqr_ms:>8.2f}   "
-              "(measured on the device, variants one after the other)")
+        say(f"{'tvm@' + rpc.key:8} {v:8} {st.median_ms:>10.2f} {st.iqr_ms:>8.2f}   "
+            "(measured on the device, variants one after the other)")
+        rows.append({"backend": f"tvm@{rpc.key}", "variant": v, "median_ms": st.median_ms,
+                     "iqr_ms": st.iqr_ms, "source": "measured on the device, variants one "
+                     "after the other"})
     if "pruned" in stats:
-        print(f"{'tvm@' + rpc.key:8} speedup  "
-              f"{stats['dense'].median_ms / stats['pruned'].median_ms:>9.2f}x (of medians)")
+        say(f"{'tvm@' + rpc.key:8} speedup  "
+            f"{stats['dense'].median_ms / stats['pruned'].median_ms:>9.2f}x (of medians)")
+    return rows
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -352,6 +385,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from prunepass.passes.analysis.cost import compute_cost
     pipelines = {"dense": "dce"} | {f"ratio {r}": f"prune-channels<ratio={r}>,dce"
                                     for r in args.ratios.split(",")}
+    coefficients = len(MAC_KINDS) + len(LATENCY_TERMS)
+    runs = len(args.models) * len(pipelines)
+    if runs < coefficients and not args.force:
+        raise PrunepassError(f"calibrate: {runs} runs ({len(args.models)} models x "
+                             f"{len(pipelines)} variants) cannot fit {coefficients} "
+                             "coefficients (the error would read 0% and mean nothing); give "
+                             "more models or --ratios, or --force")
     aligned: dict[int, list[Run]] = {b: [] for b in CHANNEL_BLOCKS}
     for spec in args.models:
         model, inputs = _load(argparse.Namespace(model=spec, input_shape=args.input_shape))
@@ -370,17 +410,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cal = calibrate(load_profile(args.profile), aligned[1], device, aligned=aligned)
     save_profile(cal.profile, args.output)
     block = cal.profile.extra["latency_model"]["channel_block"]
-    print(f"{'variant':40} {'measured ms':>12} {'model ms':>9} {'error':>7}")
+    say = _say(args)
+    say(f"{'variant':40} {'measured ms':>12} {'model ms':>9} {'error':>7}")
     for row in cal.latency:
-        print(f"{row.name:40} {row.measured * 1e3:>12.3f} {row.predicted * 1e3:>9.3f} "
-              f"{row.rel_error * 100:>+6.1f}%")
-    print(f"latency measured on {args.backend}; fitted with channel block {block}, mean abs "
-          f"error {cal.mean_abs_pct_error():.1f}%; profile written to {args.output} "
-          "(use it with --profile or prune-channels<profile=...>)")
-    coefficients = len(MAC_KINDS) + len(LATENCY_TERMS)
+        say(f"{row.name:40} {row.measured * 1e3:>12.3f} {row.predicted * 1e3:>9.3f} "
+            f"{row.rel_error * 100:>+6.1f}%")
+    say(f"latency measured on {args.backend}; fitted with channel block {block}, mean abs "
+        f"error {cal.mean_abs_pct_error():.1f}% (in-sample); profile written to "
+        f"{args.output} (use it with --profile or prune-channels<profile=...>)")
     if len(cal.latency) < 2 * coefficients:
-        print(f"note: {len(cal.latency)} runs for {coefficients} coefficients: a small error "
-              "here says little about other models; give more models or ratios")
+        say(f"note: {len(cal.latency)} runs for {coefficients} coefficients: a small error "
+            "here says little about other models; give more models or ratios")
+    if args.json:
+        _print_json({"profile": args.output, "device": device, "channel_block": block,
+                     "runs": [{"name": r.name, "measured_ms": r.measured * 1e3,
+                               "predicted_ms": r.predicted * 1e3, "rel_error": r.rel_error}
+                              for r in cal.latency],
+                     "mean_abs_pct_error": cal.mean_abs_pct_error(),
+                     "coefficients": coefficients})
     return 0
 
 
@@ -436,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunepass", description="A pruning compiler: trace a "
                                 "model to a graph IR, run passes, emit a smaller model.",
                                 epilog="exit status: 0 done, 2 an error in what was given "
-                                "(one line on stderr), 3 an internal error")
+                                "(one line on stderr), 4 a check failed (numerics, "
+                                "--min-speedup), 3 an internal error")
     p.add_argument("--debug", action="store_true",
                    help="on an error, show the Python traceback (anywhere on the line)")
     p.add_argument("--version", action="version", version=f"prunepass {_version()}")
@@ -479,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("groups", help="show the coupled channel groups and barriers")
     model_args(s)
+    _json_arg(s, "the groups and barriers")
     s.set_defaults(fn=cmd_groups)
 
     s = sub.add_parser("search", help="multi-objective search over per-group ratios "
@@ -548,6 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default="x86", help="tvm: x86, aarch64, cuda or cuda:sm_90 "
                    "(another than this machine's needs --rpc-tracker)")
     _rpc_args(s, "tvm: time the compiled variants")
+    s.add_argument("--min-speedup", type=float, default=0.0, metavar="X",
+                   help="exit with status 4 unless the pruned model is at least X times as "
+                   "fast as the dense one on every backend (a CI gate)")
+    _json_arg(s, "the timings and speedups")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("calibrate", help="time dense and pruned variants of models here and "
@@ -563,6 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=5)
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("-o", "--output", required=True, help="the fitted profile (.yaml)")
+    s.add_argument("--force", action="store_true", help="fit even with fewer runs than "
+                   "coefficients")
+    _json_arg(s, "the fitted runs and their errors")
     s.set_defaults(fn=cmd_calibrate)
 
     s = sub.add_parser("profiles", help="list the shipped hardware profiles")
@@ -591,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         msg = " ".join(str(e).split())
         print(f"prunepass: error: {msg}", file=sys.stderr)
-        return 2
+        return _json_error(args, type(e).__name__, msg, e.exit_status)
     except KeyboardInterrupt:
         print("prunepass: interrupted", file=sys.stderr)
         return 130
@@ -605,7 +661,17 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(e).split())[:300] or type(e).__name__
         print(f"prunepass: internal error ({type(e).__name__}): {msg}; run with --debug for "
               "the traceback", file=sys.stderr)
-        return 3
+        return _json_error(args, type(e).__name__, msg, 3)
+
+
+def _json_error(args: argparse.Namespace, kind: str, message: str, status: int) -> int:
+    """With --json, stdout still carries one JSON document: the error."""
+    if getattr(args, "json", False):
+        try:
+            _print_json({"error": {"type": kind, "message": message, "exit_status": status}})
+        except BrokenPipeError:
+            pass
+    return status
 
 
 if __name__ == "__main__":

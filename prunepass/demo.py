@@ -36,13 +36,10 @@ class DigitsCNN(nn.Module):
 
 
 def digits_data(seed: int = 0) -> tuple[torch.Tensor, ...]:
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError:
-        from prunepass.errors import PrunepassError
-        raise PrunepassError("the demo trains on scikit-learn's digits: pip install "
-                             "'prunepass[demo]' (or scikit-learn)") from None
+    from prunepass.errors import need
+    need("sklearn", "demo", "the demo (it trains on scikit-learn's digits)")
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
     d = load_digits()
     x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
     y = torch.tensor(d.target, dtype=torch.long)

@@ -10,7 +10,9 @@ def first_line(e: BaseException) -> str:
 
 
 class PrunepassError(Exception):
-    """Base class: the CLI prints these in one line and exits with status 2."""
+    """Base class: the CLI prints these in one line and exits with ``exit_status``: 2, an
+    error in what was given."""
+    exit_status = 2
 
 
 class PipelineError(PrunepassError):
@@ -26,4 +28,24 @@ class PlanError(PrunepassError):
 
 
 class VerificationError(PrunepassError):
-    """The IR is malformed or a numerical check failed after a transform."""
+    """The IR is malformed or a numerical check failed after a transform (exit status 4)."""
+    exit_status = 4
+
+
+class CheckFailed(PrunepassError):
+    """A gate the user set was not met, e.g. ``bench --min-speedup`` (exit status 4)."""
+    exit_status = 4
+
+
+class MissingExtra(PrunepassError):
+    """An optional package is not installed; the message names the extra that brings it."""
+
+
+def need(module: str, extra: str, what: str):  # noqa: ANN201
+    """``import module``, or a one-line error naming the prunepass extra that installs it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{what} needs {module.split('.')[0]}, which is not installed: "
+                           f"pip install 'prunepass[{extra}]'") from None

@@ -8,11 +8,8 @@ from prunepass.record import Record
 
 def energy_per_layer(rec: Record, path: str | Path, top: int = 30) -> Path:
     """Grouped bars: modelled energy of the costliest layers, dense vs pruned."""
-    try:
-        import matplotlib
-    except ImportError:
-        from prunepass.errors import PrunepassError
-        raise PrunepassError("--plot draws with matplotlib: pip install matplotlib") from None
+    from prunepass.errors import need
+    matplotlib = need("matplotlib", "plot", "--plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     if not rec.energy_before:

@@ -37,12 +37,17 @@ class Record:
     # "onnx"; the attributes updated, tracing notes (a cache turned off, scalars folded)
     output: dict[str, Any] = field(default_factory=dict)
     given: str = ""  # the pipeline as written (records before plan passes lack it)
+    # the example inputs' shapes and dtypes, and the versions of what made the record
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    versions: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
 
     @classmethod
     def start(cls, model: Any, pipeline: str, am: Any, given: str = "") -> "Record":
         r = cls(model=getattr(model, "name", "model"), frontend=model.frontend,
-                pipeline=pipeline, given=given or pipeline)
+                pipeline=pipeline, given=given or pipeline,
+                inputs=describe_inputs(getattr(model, "example_inputs", ())),
+                versions=versions())
         r.cost_before = dict(am.get("cost").totals, source=COUNTED)
         r.shapes_before = {k: list(v.shape) for k, v in model.graph.state.items()}
         r.energy_before, r.energy_nodes_before = _energy(am)
@@ -137,7 +142,7 @@ _TYPES = {"model": str, "frontend": str, "pipeline": str, "format": str, "cost_b
           "cost_after": dict, "passes": list, "keep": dict, "shapes_before": dict,
           "shapes_after": dict, "energy_before": dict, "energy_after": dict,
           "energy_nodes_before": dict, "energy_nodes_after": dict, "output": dict,
-          "given": str}
+          "given": str, "inputs": list, "versions": dict}
 _REQUIRED = ("model", "frontend", "pipeline", "format")
 
 
@@ -182,6 +187,42 @@ def validate(data: Any, where: str) -> None:
             if shape is not None and idx[-1] >= shape[int(axis)]:
                 raise PlanError(f"record {where}: keep[{name!r}][{axis!r}] holds index "
                                 f"{idx[-1]}, beyond the axis's {shape[int(axis)]} channels")
+
+
+VERSIONED = ("prunepass", "torch", "torchvision", "onnx", "onnxruntime", "apache-tvm",
+             "transformers")
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of prunepass and what it runs on (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+    out: dict[str, str | None] = {}
+    for name in VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def describe_inputs(inputs: Any) -> list[dict[str, Any]]:
+    """[{"name", "shape", "dtype"}] for every tensor or array in the example inputs
+    (positional, keyword, nested), in order."""
+    out: list[dict[str, Any]] = []
+
+    def walk(x: Any, name: str) -> None:
+        if hasattr(x, "shape") and hasattr(x, "dtype"):
+            out.append({"name": name, "shape": [int(d) for d in x.shape],
+                        "dtype": str(x.dtype).replace("torch.", "")})
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                walk(v, f"{name}.{k}" if name else str(k))
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f"{name}[{i}]" if name else f"[{i}]")
+    walk(getattr(inputs, "args", inputs), "")
+    walk(getattr(inputs, "kwargs", {}), "")
+    return out
 
 
 def _energy(am: Any) -> tuple[dict[str, Any], dict[str, list]]:

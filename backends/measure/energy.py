@@ -97,8 +97,8 @@ class NvmlMeter:
         try:
             import pynvml
         except ImportError:
-            raise MeterUnavailable("nvidia-ml-py is not installed (pip install nvidia-ml-py)") \
-                from None
+            raise MeterUnavailable("nvidia-ml-py is not installed: pip install "
+                                   "'prunepass[energy]'") from None
         try:
             pynvml.nvmlInit()
             self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)

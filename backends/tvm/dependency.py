@@ -7,8 +7,7 @@ from types import ModuleType
 
 from prunepass.backends.tvm.errors import BackendError
 
-INSTALL_HINT = ("pip install 'apache-tvm==0.27.*' 'apache-tvm-ffi==0.1.14.post1' xgboost-cpu "
-                "tornado")
+INSTALL_HINT = "pip install 'prunepass[tvm]'"
 
 # apache-tvm-ffi 0.1.15.post2 segfaults in tvm.ir.save_json, which every MetaSchedule
 # database write goes through: a Python error is better than a dead process.

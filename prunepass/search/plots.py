@@ -22,7 +22,8 @@ def pareto_plot(path: str | Path, series: Sequence[Series], *, xlabel: str, ylab
                 logx: bool = False) -> Path:
     """Scatter each series; join the non-dominated points of the ``front`` series as a
     staircase; mark the dense model with a star. ``xscale`` divides the x values."""
-    import matplotlib
+    from prunepass.errors import need
+    matplotlib = need("matplotlib", "plot", "the search's Pareto plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.8))

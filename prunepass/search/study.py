@@ -240,7 +240,8 @@ def search(model: Any, example_inputs: Sequence[Any] | Any = None,
     seed_ratios: uniform ratios tried first in a new study (a warm start); seed_points:
       more first points, as ratios per group (``prunepass.search.allocate(...).ratios``).
     """
-    import optuna
+    from prunepass.errors import need
+    optuna = need("optuna", "search", "the multi-objective search")
 
     from prunepass.api import load
     from prunepass.pm import AnalysisManager
