@@ -458,16 +458,21 @@ def _at_least(lo: int):  # noqa: ANN202
     return parse
 
 
+def help_with_default(action: argparse.Action) -> str:
+    """An option's help with its default, where it has one worth saying (--help, docs)."""
+    text = action.help or ""
+    default = action.default
+    if default is None or default is False or default in ([], "", argparse.SUPPRESS) \
+            or "default" in text:
+        return text
+    return text + " (default: %(default)s)"
+
+
 class _ShowDefaults(argparse.HelpFormatter):
-    """--help with each option's default, where it has one worth saying."""
+    """--help with each option's default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if default is None or default is False or default in ([], "", argparse.SUPPRESS) \
-                or "default" in text:
-            return text
-        return text + " (default: %(default)s)"
+        return help_with_default(action)
 
 
 def _version() -> str:
@@ -504,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(s)
     from prunepass.api import DEFAULT_PIPELINE
     s.add_argument("-p", "--pipeline", default=DEFAULT_PIPELINE,
-                   help=f"passes to run (default {DEFAULT_PIPELINE!r})")
+                   help="passes to run, e.g. 'fold-bn,prune-channels<ratio=0.3>,dce'")
     s.add_argument("-o", "--output", help="write the pruned model (.pt2, .pt or .onnx; an "
                    "ONNX model: .onnx)")
     s.add_argument("--report", help="write the run record (JSON)")
@@ -553,11 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hardware profile for latency (model) and energy (modelled)")
     s.add_argument("--finetune", metavar="MODULE:FN",
                    help="FN(module, epochs) trains each pruned model before it is scored")
-    s.add_argument("--finetune-epochs", type=int, default=1)
+    s.add_argument("--finetune-epochs", type=int, default=1,
+                   help="with --finetune: the epochs each pruned model is trained")
     s.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///search.db "
                    "(default: in memory); the same URL and --study resume or share a study")
     s.add_argument("--study", default="prunepass-search", help="study name in the storage")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     s.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     s.add_argument("--out", metavar="DIR", help="write table, CSV, records, summary and plot")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -608,13 +614,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("models", nargs="+", help="torchvision:NAME, package.module:factory or a "
                    ".onnx file, each")
     s.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224")
-    s.add_argument("--backend", default="ort", choices=("ort", "torch"))
+    s.add_argument("--backend", default="ort", choices=("ort", "torch"),
+                   help="where the variants are timed")
     s.add_argument("--ratios", default="0.3,0.5", help="uniform pruning ratios timed beside "
                    "the dense model")
     s.add_argument("--profile", default="x86-epyc", help="the profile to start from")
-    s.add_argument("--threads", type=int, default=0)
-    s.add_argument("--rounds", type=int, default=5)
-    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--threads", type=int, default=0,
+                   help="intra-op threads (0: the backend's default)")
+    s.add_argument("--rounds", type=int, default=5, help="alternating rounds over the variants")
+    s.add_argument("--repeats", type=int, default=5, help="samples per round")
     s.add_argument("-o", "--output", required=True, help="the fitted profile (.yaml)")
     s.add_argument("--force", action="store_true", help="fit even with fewer runs than "
                    "coefficients")
