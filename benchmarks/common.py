@@ -86,9 +86,31 @@ def _cost_model_path(root: str | Path) -> Path:
     return database_dir(root, resolve_target("x86")) / COST_MODEL
 
 
+def cpu_flags() -> list[str]:
+    """The vector extensions this CPU reports (detected, never assumed)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines()
+                  if ln.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("avx", "sse4", "fma", "amx", "neon")))
+
+
+def provenance() -> dict[str, Any]:
+    """Where a result comes from: the command, the machine, its CPU features, the date."""
+    import datetime
+    return {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+            "machine": machine(), "cpu_flags": cpu_flags(),
+            "date": datetime.date.today().isoformat()}
+
+
 def write_json(name: str, data: Any) -> Path:
+    """benchmarks/results/NAME; a dict summary gets its provenance (command, machine, date)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name
+    if isinstance(data, dict):
+        data = {"provenance": provenance(), **data}
     path.write_text(json.dumps(data, indent=1))
     return path
 

@@ -37,7 +37,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, randomize, write_json  # noqa: E402
+from common import RESULTS, machine, randomize, write_json  # noqa: E402
 
 import prunepass  # noqa: E402
 from prunepass.backends.measure.energy import measure_energy  # noqa: E402
@@ -214,7 +214,7 @@ def main() -> None:
         tqdm.write(f"{name:16} {variant:12} modelled {row['energy_mj_modelled']:8.2f} mJ  "
                    + "  ".join(f"{b} {row[f'{b}_ms']:8.2f} ms" for b in backends))
 
-    out = {"profile": args.profile, "machine": platform.processor() or platform.machine(),
+    out = {"profile": args.profile, "machine": machine(),
            "rows": rows, "calibration": {}, "calibration_no_alignment": {},
            "layer_table_calibration": {}}
     for b in backends:

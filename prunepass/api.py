@@ -90,6 +90,8 @@ def prune(model: Any, example_inputs: Sequence[Any] | Any = None,
                           "pruned tensors its code cannot run: use result.model", stacklevel=2)
     else:
         native, record.output = adapter.materialize(), {"returned": "onnx"}
+        if getattr(adapter, "notes", None):
+            record.output["notes"] = list(adapter.notes)
     return PruneResult(native, record, adapter)
 
 

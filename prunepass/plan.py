@@ -38,6 +38,7 @@ class Limits:
     min_channels: int = 1
     max_ratio: float = 0.9
     tie_sizes: bool = True
+    distributions: bool = False
 
     def ignores(self, group: Any) -> bool:  # noqa: ANN401
         for p, _ in group.producers:
@@ -80,6 +81,8 @@ class PrunePlan:
         if self.limits.ignores(group):
             return group.classes[:0]
         ok = group.prunable & (group.exact if self.limits.exact_only else True)
+        if not self.limits.distributions:
+            ok = ok & ~group.distribution
         return group.classes[ok]
 
     def kept(self, group: Any, removed: np.ndarray | None = None) -> int:  # noqa: ANN401

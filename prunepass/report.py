@@ -36,6 +36,16 @@ def format_output(rec: Record) -> list[str]:
     return lines
 
 
+def _approximate(groups: list[dict]) -> str:
+    """' (2 approximate: ...)' for the pruned groups that are not exact, by kind."""
+    kinds = [g.get("approximate", [] if g["exact"] else ["statistic"]) for g in groups]
+    stat = sum("statistic" in k for k in kinds)
+    dist = sum("distribution" in k for k in kinds)
+    parts = ([f"{stat} where norm statistics span the channels"] if stat else []) + \
+        ([f"{dist} whose channels a softmax is over"] if dist else [])
+    return f" (approximate: {'; '.join(parts)})" if parts else ""
+
+
 def format_record(rec: Record, top_layers: int = 8) -> str:
     b, a = rec.cost_before, rec.cost_after
     rows = [("params", _si(b["params"]), _si(a["params"]), b["params"], a["params"]),
@@ -56,10 +66,8 @@ def format_record(rec: Record, top_layers: int = 8) -> str:
         ch = p.get("changes", {})
         extra = ""
         if "groups_total" in ch:
-            approx = sum(not g["exact"] for g in ch["groups"])
             extra = f"groups pruned {ch['groups_pruned']}/{ch['groups_total']}"
-            if approx:
-                extra += f" ({approx} approximate: norm statistics span their channels)"
+            extra += _approximate(ch["groups"])
             if "max_rel_error_vs_masked" in ch:
                 extra += f", max rel. error vs masked {ch['max_rel_error_vs_masked']:.1e}"
             check = ch.get("hw_check", {})
@@ -146,9 +154,12 @@ def format_plan(rec: Record) -> str:
             continue
         lines.append(f"  {'group':40} {'channels':>8} {'kept':>6}  decided by")
         for g in ch["groups"]:
-            kept = f"{g['kept']}" + ("" if g["exact"] else "~")
+            kinds = g.get("approximate", [] if g["exact"] else ["statistic"])
+            kept = f"{g['kept']}" + ("~" if "statistic" in kinds else "") + \
+                ("*" if "distribution" in kinds else "")
             lines.append(f"  {g['name'][:40]:40} {g['channels']:>8} {kept:>6}  "
                          + " -> ".join(g.get("decided_by", [])))
         if any(not g["exact"] for g in ch["groups"]):
-            lines.append("  ~ approximate group: norm statistics span its channels")
+            lines.append("  ~ approximate: a norm or mean spans the group's channels; "
+                         "* a softmax is over them (limit-channels<distributions=true>)")
     return "\n".join(lines) if lines else "no plan was applied"

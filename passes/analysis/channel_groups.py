@@ -28,6 +28,24 @@ class ChannelGroup:
     exact: np.ndarray  # bool per class
     producers: list[tuple[str, int]]  # (parameter, axis) whose outputs these are
     reasons: list[str] = field(default_factory=list)  # why some classes are inexact/pinned
+    # bool per class: a distribution is over it (a softmax axis): inexact in kind, not
+    # only in statistics; plans leave these alone unless asked (limit-channels)
+    distribution: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.distribution is None:
+            self.distribution = np.zeros(len(self.classes), bool)
+
+    @property
+    def approximate(self) -> list[str]:
+        """The kinds of approximation in this group: "statistic" (a norm or mean spans its
+        channels), "distribution" (a softmax is over them)."""
+        kinds = []
+        if (~self.exact & ~self.distribution).any():
+            kinds.append("statistic")
+        if self.distribution.any():
+            kinds.append("distribution")
+        return kinds
 
     @property
     def size(self) -> int:
@@ -42,6 +60,7 @@ class ChannelGroup:
     def summary(self) -> dict:
         return {"id": self.id, "name": self.name, "channels": self.size,
                 "prunable": int(self.prunable.sum()), "exact": bool(self.exact.all()),
+                "approximate": self.approximate,
                 "producers": [f"{p}[{a}]" for p, a in self.producers],
                 "reasons": self.reasons}
 
@@ -99,6 +118,9 @@ def build_channel_groups(graph: Graph) -> ChannelGroups:
         pinned[labels[ids]] = True
     inexact = np.zeros(n_classes, bool)
     inexact_why: dict[int, str] = {}
+    distribution = np.zeros(n_classes, bool)
+    for ids in ctx.distribution_ids:
+        distribution[labels[ids]] = True
     for ids, why in zip(ctx.inexact_ids, ctx.inexact_reasons):
         cls = labels[ids]
         inexact[cls] = True
@@ -137,7 +159,7 @@ def build_channel_groups(graph: Graph) -> ChannelGroups:
         if pinned[cls_arr].all():
             reasons.append("pinned")
         groups.append(ChannelGroup(len(groups), cls_arr, ~pinned[cls_arr], ~inexact[cls_arr],
-                                   producers, reasons))
+                                   producers, reasons, distribution[cls_arr]))
     barriers = [{"node": n, "op": t, "why": w} for n, t, w in ctx.barriers]
     return ChannelGroups(graph, spaces, labels, n_classes, groups, barriers)
 

@@ -29,11 +29,15 @@ class LimitChannels(PlanPass):
         Option("tie-sizes", bool, _DEFAULT.tie_sizes, "groups one module reshapes with the "
                "same number (the q, k and v head dims of an attention module) keep the same "
                "count, so the module's own class runs the pruned model"),
+        Option("distributions", bool, _DEFAULT.distributions, "also prune channels a "
+               "softmax is over (the bins of a distribution, as in a detector's box head): "
+               "that changes what the model computes, not only its statistics"),
     )
 
     def update(self, am: Any) -> dict[str, Any]:  # noqa: ANN401
         plan = self.open_plan(am, selected=False)
         plan.limits = Limits(ignore=list(self["ignore"]), exact_only=self["exact-only"],
                              round_to=self["round-to"], min_channels=self["min-channels"],
-                             max_ratio=self["max-ratio"], tie_sizes=self["tie-sizes"])
+                             max_ratio=self["max-ratio"], tie_sizes=self["tie-sizes"],
+                             distributions=self["distributions"])
         return {}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from prunepass.ir import ops
 from prunepass.ir.graph import Graph, Node, Value
 
 
@@ -21,6 +22,7 @@ class RuleContext:
     pin_reasons: list[str] = field(default_factory=list)
     inexact_ids: list[np.ndarray] = field(default_factory=list)
     inexact_reasons: list[str] = field(default_factory=list)
+    distribution_ids: list[np.ndarray] = field(default_factory=list)
     tracked: set[tuple[int, int]] = field(default_factory=set)
     producers: list[tuple[Value, int]] = field(default_factory=list)
     barriers: list[tuple[str, str, str]] = field(default_factory=list)
@@ -71,9 +73,27 @@ class RuleContext:
         for a in range(v.ndim):
             self.pin(v, a, reason)
 
-    def inexact(self, v: Value, axis: int, reason: str) -> None:
+    def inexact(self, v: Value, axis: int, reason: str, distribution: bool = False) -> None:
+        """Removing these elements is not zeroing them: a statistic spans the axis (a norm,
+        a mean), or, ``distribution``, the axis is what a distribution is over (a softmax):
+        removing its entries changes what the model computes, not only its statistics."""
         self.inexact_ids.append(self.ids(v, axis))
         self.inexact_reasons.append(reason)
+        if distribution:
+            self.distribution_ids.append(self.ids(v, axis))
+
+    def state_view(self, v: Value, axis: int) -> tuple[Value, int] | None:
+        """The parameter (and its axis) that ``v``'s ``axis`` is, where ``v`` is a parameter
+        or a transpose of one (``x @ self.weight.T``); None otherwise."""
+        if not hasattr(self, "_made_by"):
+            self._made_by = {id(o): n for n in self.graph.nodes for o in n.outputs}
+        axis %= v.ndim
+        while not v.is_state():
+            node = self._made_by.get(id(v))
+            if node is None or node.op != ops.PERMUTE:
+                return None
+            axis, v = node.attrs["perm"][axis], node.inputs[0]
+        return v, axis
 
     def producer(self, v: Value, axis: int) -> None:
         """Mark a parameter axis whose channels are a layer's outputs: groups are formed

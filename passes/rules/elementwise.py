@@ -37,7 +37,8 @@ def constant(node: Node, ctx: RuleContext) -> None:
 @rule(ops.SOFTMAX)
 def softmax(node: Node, ctx: RuleContext) -> None:
     ctx.identity_all(node.inputs[0], node.output)
-    ctx.inexact(node.inputs[0], node.attrs["axis"], "softmax normalises over this axis")
+    ctx.inexact(node.inputs[0], node.attrs["axis"], "softmax normalises over this axis",
+                distribution=True)
 
 
 @rule(ops.REDUCE)

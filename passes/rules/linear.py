@@ -84,8 +84,9 @@ def matmul(node: Node, ctx: RuleContext) -> None:
     ctx.link(b, -1, out, -1)
     _batch_broadcast(ctx, a, out, 2)
     _batch_broadcast(ctx, b, out, 2)
-    if b.is_state():
-        ctx.producer(b, -1)
+    weight = ctx.state_view(b, -1)  # a parameter, or its transpose (x @ self.weight.T)
+    if weight is not None:
+        ctx.producer(*weight)
     if node.attrs.get("bias"):
         ctx.broadcast(node.inputs[2], out)
 
@@ -139,7 +140,7 @@ def attention(node: Node, ctx: RuleContext) -> None:
     ctx.link(v, -1, out, -1)
     ctx.link(q, -2, out, -2)
     ctx.link(k, -2, v, -2)
-    ctx.inexact(k, -2, "softmax over keys")
+    ctx.inexact(k, -2, "softmax over keys", distribution=True)
     for x in (q, k, v):
         _batch_broadcast(ctx, x, out, 2)
     if len(node.inputs) > 3:

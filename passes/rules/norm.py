@@ -20,6 +20,12 @@ def batchnorm(node: Node, ctx: RuleContext) -> None:
     for extra in node.outputs[1:]:  # saved statistics of the native op
         if extra.ndim:
             ctx.link(extra, 0, x, 1)
+    if node.attrs.get("batch_stats"):  # statistics of this input: over every other axis
+        first = 2 if node.attrs.get("instance") else 0
+        for axis in range(first, x.ndim):
+            if axis != 1:
+                ctx.inexact(x, axis, "batch-norm statistics computed from this tensor (not "
+                            "running ones) span this axis")
 
 
 @rule(ops.LAYERNORM)

@@ -14,7 +14,7 @@ from prunepass.frontends.base import ModelAdapter
 from prunepass.frontends.onnx.facts import Facts, analyze, inferred_value_info
 from prunepass.frontends.onnx.load import PROTO_LIMIT, check, load_model, proto_size
 from prunepass.frontends.onnx.proto_edit import (
-    Editor, Slot, erase_dead, name_nodes, write_tensor)
+    Editor, Slot, erase_dead, name_nodes, unshare_constants, write_tensor)
 from prunepass.frontends.onnx.runtime import (
     Session, declared_shape, model_inputs, np_dtype, random_feeds, save_with_external_data,
     to_numpy)
@@ -31,9 +31,9 @@ def _example_shapes(model: onnx.ModelProto, example_inputs: Sequence[Any] | None
         shapes = {}
         for vi in inputs:
             if not vi.type.tensor_type.HasField("shape"):
-                raise TraceError(f"input {vi.name} declares no shape: pass example_inputs")
-            # a symbolic size (the batch) is taken as 1
-            shapes[vi.name] = tuple(d if isinstance(d, int) else 1 for d in declared_shape(vi))
+                raise TraceError(f"input {vi.name} declares no shape: pass example_inputs "
+                                 "(--input-shape on the command line)")
+            shapes[vi.name] = resolve_symbolic(model, vi)
         return shapes, None
     if isinstance(example_inputs, np.ndarray) or hasattr(example_inputs, "detach"):
         example_inputs = [example_inputs]  # one tensor, not a sequence of them
@@ -56,6 +56,54 @@ def _example_shapes(model: onnx.ModelProto, example_inputs: Sequence[Any] | None
     return shapes, arrays
 
 
+def _fixed_by_consumers(model: onnx.ModelProto, name: str, rank: int) -> dict[int, int]:
+    """Sizes of input ``name``'s axes that the layers reading it fix: a Conv's input
+    channels (weight in-channels x groups), a Gemm's or MatMul's features."""
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    fixed: dict[int, int] = {}
+    for node in model.graph.node:
+        if not node.input or node.input[0] != name:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        w = weights.get(node.input[1]) if len(node.input) > 1 else None
+        if w is None:
+            continue
+        if node.op_type == "Conv" and rank >= 2:
+            fixed[1] = w[1] * int(attrs.get("group", 1))
+        elif node.op_type == "Gemm" and rank == 2:
+            fixed[1] = w[0] if attrs.get("transB", 0) else w[-1] if not attrs.get("transA", 0) \
+                else w[0]
+        elif node.op_type == "MatMul" and len(w) >= 2:
+            fixed[rank - 1] = w[-2]
+    return fixed
+
+
+def resolve_symbolic(model: onnx.ModelProto, vi: onnx.ValueInfoProto) -> tuple[int, ...]:
+    """The example shape of an input with symbolic sizes: the first axis (the batch) is 1,
+    an axis a layer reading the input fixes takes that size; any other symbolic size is an
+    error naming it, asking for --input-shape."""
+    declared = declared_shape(vi)
+    fixed = _fixed_by_consumers(model, vi.name, len(declared))
+    shape, unknown = [], []
+    for axis, d in enumerate(declared):
+        if isinstance(d, int):
+            shape.append(d)
+        elif axis in fixed:
+            shape.append(fixed[axis])
+        elif axis == 0:
+            shape.append(1)
+        else:
+            shape.append(-1)
+            unknown.append(f"{d or '?'} (axis {axis})")
+    if unknown:
+        hint = ",".join(str(s) if s > 0 else (str(d) if d else "?")
+                        for s, d in zip(shape, declared))
+        raise TraceError(f"input {vi.name} has sizes the graph does not fix: "
+                         f"{', '.join(unknown)}; give the example shape, e.g. "
+                         f"--input-shape {hint} (or example_inputs)")
+    return tuple(shape)
+
+
 class OnnxModel(ModelAdapter):
     frontend = "onnx"
 
@@ -65,6 +113,9 @@ class OnnxModel(ModelAdapter):
         self.name = name
         self.sources = sources or set()  # the files read: never written
         name_nodes(model)
+        # notes for the record: what loading changed
+        self.notes = [f"initializer {n} was shared by layers the exporter merged: unshared"
+                      for n in unshare_constants(model)]
         del model.graph.value_info[:]  # stale after any edit; re-inferred on materialize
         self._shapes, arrays = _example_shapes(model, example_inputs)
         self._inputs = arrays if arrays is not None else \

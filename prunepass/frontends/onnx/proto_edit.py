@@ -35,6 +35,32 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[Slot]]:
     return out
 
 
+def unshare_constants(model: onnx.ModelProto) -> list[str]:
+    """Give every layer its own copy of an initializer that holds one value repeated (a
+    zero bias, a unit norm scale) and that several nodes read. Exporters (torch's legacy
+    exporter, optimum, ultralytics) merge such identical tensors, which would couple the
+    channels of unrelated layers. A tensor with varied values read twice is a real tie (an
+    embedding and its LM head) and stays shared. Returns the names unshared."""
+    slots = consumers(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    done = []
+    for name, reads in slots.items():
+        t = inits.get(name)
+        if t is None or len(reads) < 2 or any(k < 0 for _, k in reads) or \
+                t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        value = numpy_helper.to_array(t)
+        if value.size < 2 or not (value == value.flat[0]).all():
+            continue
+        for i, k in reads[1:]:
+            node = model.graph.node[i]
+            copy = numpy_helper.from_array(value, f"{name}.{node.name}.{k}")
+            model.graph.initializer.append(copy)
+            node.input[k] = copy.name
+        done.append(name)
+    return done
+
+
 class Editor:
     """Collects insertions so node indices stay valid until ``commit``."""
 

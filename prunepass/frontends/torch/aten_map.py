@@ -101,12 +101,16 @@ def _base_name(target: Any) -> str:
     return name.split(".")[0]
 
 
+class NotATensorOp(ValueError):
+    """The node computes sizes, not tensors: it has no place in the IR."""
+
+
 def canonicalize(node: fx.Node) -> Canon:
     t = node.target
     name = _base_name(t)
     out_val = node.meta.get("val")
     if t in (operator.mul, operator.add, operator.floordiv, operator.sub):
-        raise ValueError("symbolic arithmetic is not a tensor op")
+        raise NotATensorOp("symbolic arithmetic is not a tensor op")
     if not isinstance(t, torch._ops.OpOverload):
         return ops.BARRIER, _tensors(list(node.args) + list(node.kwargs.values())), {}
     a = bind(node)
@@ -139,8 +143,13 @@ def canonicalize(node: fx.Node) -> Canon:
     if name in ("batch_norm", "_native_batch_norm_legit_no_training", "instance_norm",
                 "_native_batch_norm_legit", "native_batch_norm"):
         ins = [a["input"]] + [a.get(k) for k in ("weight", "bias", "running_mean", "running_var")]
+        # statistics computed from the input itself (training=True, instance norm), not
+        # running ones: they reduce over every axis but the channels'
+        batch_stats = name in ("_native_batch_norm_legit", "instance_norm") or \
+            (name in ("batch_norm", "native_batch_norm") and bool(a.get("training")))
         return ops.BATCHNORM, [x for x in ins if _is_tensor(x)], {
             "eps": a.get("eps"), "instance": name == "instance_norm",
+            "batch_stats": batch_stats,
             "has": [k for k in ("weight", "bias", "running_mean", "running_var")
                     if _is_tensor(a.get(k))]}
     if name in ("layer_norm", "native_layer_norm", "rms_norm"):
@@ -179,8 +188,11 @@ def canonicalize(node: fx.Node) -> Canon:
             rest = [d for d in range(nd) if d != src]
             rest.insert(dst, src)
             perm = rest
+        elif name == "numpy_T":  # x.T: every axis reversed
+            perm = list(range(nd))[::-1]
         else:
-            d0, d1 = [_axis(d, nd) for d in list(node.args[1:3])]
+            d0, d1 = (nd - 2, nd - 1) if name == "mT" else \
+                [_axis(d, nd) for d in list(node.args[1:3])]
             perm = list(range(nd))
             perm[d0], perm[d1] = perm[d1], perm[d0]
         return ops.PERMUTE, [first], {"perm": perm}

@@ -10,8 +10,8 @@ import torch.fx as fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from prunepass.errors import TraceError
-from prunepass.frontends.torch.aten_map import canonicalize
+from prunepass.errors import TraceError, first_line
+from prunepass.frontends.torch.aten_map import NotATensorOp, canonicalize
 from prunepass.ir import ops
 from prunepass.ir.graph import ACT, BUFFER, CONST, PARAM, Graph, Node, Value
 
@@ -119,8 +119,13 @@ def build_graph(gm: fx.GraphModule, example_inputs: Sequence[Any],
                 continue  # symbolic-size arithmetic and assertions are not tensor ops
             try:
                 op, ins, attrs = canonicalize(n)
-            except ValueError:
+            except NotATensorOp:
                 continue
+            except Exception as e:  # never drop a tensor op: keep it, its channels pinned
+                op, attrs = ops.BARRIER, {"fn": str(n.target),
+                                          "why": f"its arguments could not be read ({first_line(e)})"}
+                ins = [x for x in torch.utils._pytree.tree_flatten((n.args, n.kwargs))[0]
+                       if isinstance(x, fx.Node)]
             in_vals = [vals[i] for i in ins if isinstance(vals.get(i), Value)]
             if op != ops.BARRIER and len(in_vals) != len(ins):
                 op, attrs = ops.BARRIER, {"fn": str(n.target), "why": "non-tensor input"}

@@ -1,0 +1,226 @@
+"""Failure classes found on real models (issue: every model people bring), each on a small
+model built here: the right groups, the right labels, pruned == zeroed where exact."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import prunepass
+from prunepass.pm import AnalysisManager
+from prunepass.testing import randomize
+
+
+class TransposedWeightMLP(nn.Module):
+    """Linear layers written as ``x @ self.weight.T`` (Falcon-style code)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(32, 16))
+        self.w2 = nn.Parameter(torch.randn(16, 32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ self.w1.T) @ self.w2.T
+
+
+def test_a_weight_used_through_dot_T_is_a_linear_layer_not_a_silent_barrier():
+    torch.manual_seed(0)
+    x = torch.randn(4, 16)
+    model = randomize(TransposedWeightMLP().eval())
+    am = AnalysisManager(prunepass.load(model, (x,)))
+    graph = am.graph
+    matmuls = [n for n in graph.nodes if n.op == "matmul"]
+    assert len(matmuls) == 2 and all(len(n.inputs) == 2 for n in matmuls)
+    cg = am.get("channel-groups")
+    assert cg.barriers == []
+    hidden = [g for g in cg.groups if g.size == 32]
+    assert len(hidden) == 1 and hidden[0].prunable.all() and hidden[0].exact.all()
+    res = prunepass.prune(model, (x,), "prune-channels<ratio=0.5>,dce", check_numerics=True)
+    assert res.record.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5
+    assert tuple(res.model.w1.shape) == (16, 16) and tuple(res.model.w2.shape) == (16, 16)
+    with torch.no_grad():
+        assert res.model(x).shape == (4, 16)
+
+
+def test_a_call_the_frontend_cannot_read_is_a_reported_barrier(monkeypatch):
+    from prunepass.frontends.torch import aten_map, to_ir
+    real = aten_map.canonicalize
+
+    def failing(node):  # noqa: ANN001, ANN202
+        if "relu" in str(node.target):
+            raise KeyError("an argument the frontend does not know")
+        return real(node)
+    monkeypatch.setattr(to_ir, "canonicalize", failing)
+    torch.manual_seed(0)
+    model = randomize(TransposedWeightMLP().eval())
+    cg = AnalysisManager(prunepass.load(model, (torch.randn(4, 16),))).get("channel-groups")
+    (barrier,) = cg.barriers
+    assert "relu" in barrier["op"] and "could not be read" in barrier["why"]
+    assert "an argument the frontend does not know" in barrier["why"]
+    assert not any(g.prunable.any() for g in cg.groups if g.size == 32)  # pinned, not lost
+
+
+class SmallConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(torch.relu(self.c1(x))).mean((2, 3))
+
+
+def _onnx_with_input_dims(tmp_path, dims):  # noqa: ANN001, ANN202
+    import onnx
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(randomize(SmallConvNet().eval()), (torch.randn(1, 3, 16, 16),), str(path),
+                      dynamo=True, external_data=False)
+    m = onnx.load(str(path))
+    for d, new in zip(m.graph.input[0].type.tensor_type.shape.dim, dims):
+        d.Clear()
+        if isinstance(new, int):
+            d.dim_value = new
+        else:
+            d.dim_param = new
+    out = tmp_path / "sym.onnx"
+    onnx.save(m, str(out))
+    return out
+
+
+def test_an_onnx_input_with_symbolic_sizes_takes_what_the_graph_fixes(tmp_path):
+    import pytest
+    from prunepass.errors import TraceError
+    path = _onnx_with_input_dims(tmp_path, ["N", "C", 16, 16])
+    adapter = prunepass.load(str(path), None)
+    assert adapter.graph.inputs[0].shape == (1, 3, 16, 16)  # batch 1, channels from conv c1
+    res = prunepass.prune(str(path), None, "prune-channels<ratio=0.5>,dce", check_numerics=True)
+    assert res.record.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5
+    path = _onnx_with_input_dims(tmp_path, ["N", "C", "H", "W"])
+    with pytest.raises(TraceError) as e:
+        prunepass.load(str(path), None)
+    msg = str(e.value)
+    assert "H (axis 2), W (axis 3)" in msg and "--input-shape 1,3,H,W" in msg
+    import numpy as np
+    x = np.random.default_rng(0).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    assert prunepass.load(str(path), (x,)).graph.inputs[0].shape == (2, 3, 12, 12)
+
+
+def _shared_initializer_model(tie_weights: bool = False):  # noqa: ANN202
+    """Two parallel convs after a stem whose zero biases (and, with ``tie_weights``, whose
+    random weights) are one initializer, as torch's legacy exporter merges them."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+
+    def init(name, a):  # noqa: ANN001, ANN202
+        return numpy_helper.from_array(np.asarray(a, np.float32), name)
+    w = rng.standard_normal((8, 8, 3, 3)) * 0.2
+    inits = [init("stem.w", rng.standard_normal((8, 3, 3, 3)) * 0.3),
+             init("stem.b", rng.standard_normal(8) * 0.1),
+             init("zeros", np.zeros(8)), init("a.w", w),
+             init("b.w", w if tie_weights else rng.standard_normal((8, 8, 3, 3)) * 0.2),
+             init("head.w", rng.standard_normal((16, 4)) * 0.3)]
+    b_weight = "a.w" if tie_weights else "b.w"
+    nodes = [helper.make_node("Conv", ["x", "stem.w", "stem.b"], ["s"], pads=[1] * 4),
+             helper.make_node("Relu", ["s"], ["r"]),
+             helper.make_node("Conv", ["r", "a.w", "zeros"], ["ya"], pads=[1] * 4),
+             helper.make_node("Conv", ["r", b_weight, "zeros"], ["yb"], pads=[1] * 4),
+             helper.make_node("Relu", ["ya"], ["ra"]), helper.make_node("Relu", ["yb"], ["rb"]),
+             helper.make_node("Concat", ["ra", "rb"], ["c"], axis=1),
+             helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "head.w"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_initializers_the_exporter_merged_are_unshared_real_ties_stay(tmp_path):
+    import onnx
+    path = tmp_path / "shared.onnx"
+    onnx.save(_shared_initializer_model(), str(path))
+    adapter = prunepass.load(str(path), None)
+    cg = AnalysisManager(adapter).get("channel-groups")
+    sizes = sorted(g.size for g in cg.groups if g.prunable.any())
+    assert sizes == [8, 8, 8]  # stem, a and b: three groups, not a and b coupled by "zeros"
+    res = prunepass.prune(str(path), None, "prune-channels<ratio=0.5>,dce", check_numerics=True)
+    assert res.record.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5
+    assert res.record.output["notes"] == [
+        "initializer zeros was shared by layers the exporter merged: unshared"]
+    # a tensor with varied values read by two layers is a real tie: it stays one
+    onnx.save(_shared_initializer_model(tie_weights=True), str(path))
+    cg = AnalysisManager(prunepass.load(str(path), None)).get("channel-groups")
+    assert sorted(g.size for g in cg.groups if g.prunable.any()) == [8, 8]
+
+
+class BoxHead(nn.Module):
+    """A detector's box branch: 16 distribution bins per side, softmax over the bins, then
+    a fixed projection (a YOLO DFL), beside a layer-normalised feature branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.box = nn.Conv2d(8, 16, 1)
+        self.proj = nn.Conv2d(16, 1, 1, bias=False)
+        self.feat = nn.Linear(8, 12)
+        self.norm = nn.LayerNorm(12)
+        self.out = nn.Linear(12, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.relu(self.stem(x))
+        bins = torch.softmax(self.box(y), dim=1)
+        pooled = y.mean((2, 3))
+        return self.proj(bins), self.out(self.norm(self.feat(pooled)))
+
+
+def test_a_softmax_over_channels_is_left_alone_unless_asked_and_labelled():
+    torch.manual_seed(0)
+    model, x = randomize(BoxHead().eval()), torch.randn(1, 3, 8, 8)
+    cg = AnalysisManager(prunepass.load(model, (x,))).get("channel-groups")
+    kinds = {g.size: g.approximate for g in cg.groups if g.prunable.any()}
+    assert kinds == {8: [], 16: ["distribution"], 12: ["statistic"]}
+    res = prunepass.prune(model, (x,), "prune-channels<ratio=0.5>,dce")
+    pruned = {g["channels"]: g for g in res.record.step("remove-channels")["groups"]}
+    assert sorted(pruned) == [8, 12]  # the layer-norm hidden size goes; the 16 bins stay
+    assert pruned[12]["approximate"] == ["statistic"] and res.model.box.out_channels == 16
+    from prunepass.report import format_plan, format_record
+    assert "1 where norm statistics span the channels" in format_record(res.record)
+    res = prunepass.prune(model, (x,), "prune-channels<ratio=0.5,distributions=true>,dce")
+    assert res.model.box.out_channels == 8
+    assert "softmax is over" in format_record(res.record) and "8*" in format_plan(res.record)
+
+
+class WSConvNet(nn.Module):
+    """A weight-standardised convolution (NF-nets, BiT): its weight is normalised over its
+    fan-in inside forward, with batch_norm(weight.reshape(1, out, -1), training=True)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.ws = nn.Conv2d(8, 12, 3, padding=1)
+        self.head = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.ws.weight
+        w = torch.nn.functional.batch_norm(w.reshape(1, w.shape[0], -1), None, None,
+                                           training=True, momentum=0.0, eps=1e-5).reshape_as(w)
+        y = torch.relu(self.stem(x))
+        y = torch.relu(torch.nn.functional.conv2d(y, w, self.ws.bias, padding=1))
+        return self.head(y).mean((2, 3))
+
+
+def test_a_weight_normalised_over_its_fan_in_makes_those_channels_approximate():
+    torch.manual_seed(0)
+    model, x = randomize(WSConvNet().eval()), torch.randn(2, 3, 8, 8)
+    cg = AnalysisManager(prunepass.load(model, (x,))).get("channel-groups")
+    by_size = {g.size: g for g in cg.groups if g.prunable.any()}
+    assert by_size[8].approximate == ["statistic"]  # the ws conv's fan-in
+    assert any("batch-norm statistics computed from this tensor" in r
+               for r in by_size[8].reasons)
+    assert by_size[12].approximate == []  # its outputs: removing one equals zeroing it
+    res = prunepass.prune(model, (x,), "prune-channels<ratio=0.5,exact-only=true>,dce",
+                          check_numerics=True)
+    step = res.record.step("remove-channels")
+    assert [g["channels"] for g in step["groups"]] == [12]
+    assert step["max_rel_error_vs_masked"] <= 1e-5
