@@ -224,3 +224,64 @@ def test_a_weight_normalised_over_its_fan_in_makes_those_channels_approximate():
     step = res.record.step("remove-channels")
     assert [g["channels"] for g in step["groups"]] == [12]
     assert step["max_rel_error_vs_masked"] <= 1e-5
+
+
+def test_a_detector_prunes_its_traceable_part_and_takes_it_back():
+    """A detector's post-processing is data-dependent (torch.export cannot trace it whole):
+    prune the backbone and neck with their own example input and put them back."""
+    import torchvision
+    torch.manual_seed(0)
+    det = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None).eval()
+    randomize(det)
+    image = torch.rand(3, 320, 320)
+    x = det.transform([image])[0].tensors  # what the backbone sees: normalised and batched
+    res = prunepass.prune(det.backbone, (x,), "prune-channels<ratio=0.3>,dce",
+                          check_numerics=True)
+    step = res.record.step("remove-channels")
+    assert step["max_rel_error_vs_masked"] <= 1e-5 and step["groups_pruned"] >= 20
+    assert res.record.cost_after["macs"] < 0.6 * res.record.cost_before["macs"]
+    assert type(res.model) is type(det.backbone)  # BackboneWithFPN, narrower inside
+    features = res.model(x)
+    assert all(f.shape[1] == det.backbone.out_channels for f in features.values())
+    det.backbone = res.model
+    with torch.no_grad():
+        out = det([image])[0]
+    assert set(out) == {"boxes", "labels", "scores"} and out["boxes"].shape[1] == 4
+
+
+class GRNAndShuffle(nn.Module):
+    """ConvNeXt-V2's global response norm (written with addcmul), a pixel shuffle
+    upsampler, and position arithmetic on integer ids (as Hugging Face masks do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.gamma = nn.Parameter(torch.randn(1, 16, 1, 1) * 0.1)
+        self.beta = nn.Parameter(torch.randn(1, 16, 1, 1) * 0.1)
+        self.up = nn.Conv2d(16, 32, 1)  # 32 = 8 channels x 2 x 2 after pixel_shuffle(2)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        gx = torch.norm(y, p=2, dim=(2, 3), keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+        y = torch.addcmul(self.beta + y, self.gamma, y * nx)
+        y = torch.nn.functional.pixel_shuffle(self.up(y), 2)
+        positions = torch.cumsum(ids, dim=1) - 1  # mask arithmetic: touches no channel
+        return self.head(y).mean((2, 3)) + positions[:, -1:].float()
+
+
+def test_grn_pixel_shuffle_and_mask_arithmetic_have_rules_not_barriers():
+    torch.manual_seed(0)
+    model = randomize(GRNAndShuffle().eval())
+    inputs = (torch.randn(1, 3, 8, 8), torch.ones(1, 5, dtype=torch.long))
+    cg = AnalysisManager(prunepass.load(model, inputs)).get("channel-groups")
+    assert cg.barriers == []
+    sizes = {g.size: g for g in cg.groups if g.prunable.any()}
+    assert set(sizes) == {16, 8}  # pixel_shuffle: up's 32 outputs are 8 classes of 4
+    assert sizes[16].approximate == ["statistic"]  # GRN's mean over channels
+    res = prunepass.prune(model, inputs, "prune-channels<ratio=0.5,exact-only=true>,dce",
+                          check_numerics=True)
+    assert res.model.up.out_channels == 16 and res.model.head.in_channels == 4
+    assert res.record.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5

@@ -160,7 +160,22 @@ def build_channel_groups(graph: Graph) -> ChannelGroups:
             reasons.append("pinned")
         groups.append(ChannelGroup(len(groups), cls_arr, ~pinned[cls_arr], ~inexact[cls_arr],
                                    producers, reasons, distribution[cls_arr]))
-    barriers = [{"node": n, "op": t, "why": w} for n, t, w in ctx.barriers]
+    nodes = {n.name: n for n in graph.nodes}
+
+    def touches_a_group(name: str) -> bool:
+        """A barrier matters where it pins channels some layer produces; one on attention
+        mask or position arithmetic (cumsum, gather on integer ids) pins nothing."""
+        node = nodes.get(name)
+        if node is None:
+            return True
+        for v in [*node.inputs, *node.outputs]:
+            for axis in range(v.ndim):
+                b, n = spaces[(v.name, axis)]
+                if n and in_producer[labels[b:b + n]].any():
+                    return True
+        return False
+    barriers = [{"node": n, "op": t, "why": w} for n, t, w in ctx.barriers
+                if touches_a_group(n)]
     return ChannelGroups(graph, spaces, labels, n_classes, groups, barriers)
 
 

@@ -1,6 +1,8 @@
 """Elementwise, softmax, reductions, pooling: channels pass straight through."""
 from __future__ import annotations
 
+import numpy as np
+
 from prunepass.ir import ops
 from prunepass.ir.graph import Node
 from prunepass.passes.rules import rule
@@ -63,6 +65,9 @@ def reduce(node: Node, ctx: RuleContext) -> None:
 @rule(ops.POOL)
 def pool(node: Node, ctx: RuleContext) -> None:
     x = node.inputs[0]
+    if node.attrs.get("fn") in ("pixel_shuffle", "pixel_unshuffle"):
+        _pixel_shuffle(node, ctx)
+        return
     for out in node.outputs:
         if x.ndim >= 3 and out.ndim == x.ndim and x.shape[1] == out.shape[1]:
             ctx.link(x, 0, out, 0)
@@ -70,3 +75,19 @@ def pool(node: Node, ctx: RuleContext) -> None:
         else:
             ctx.barrier(node, "pooling changes the channel axis")
             return
+
+
+def _pixel_shuffle(node: Node, ctx: RuleContext) -> None:
+    """pixel_shuffle(r): output channel c is made of input channels c*r*r .. c*r*r+r*r-1
+    (pixel_unshuffle the other way): the r*r input channels of one output channel are
+    removed with it."""
+    x, out = node.inputs[0], node.output
+    ctx.link(x, 0, out, 0)
+    wide, narrow = (x, out) if node.attrs["fn"] == "pixel_shuffle" else (out, x)
+    per = wide.shape[-3] // max(narrow.shape[-3], 1)
+    if per * narrow.shape[-3] != wide.shape[-3]:
+        ctx.barrier(node, f"{node.attrs['fn']}: {wide.shape[-3]} channels do not split into "
+                          f"{narrow.shape[-3]}")
+        return
+    k = np.arange(wide.shape[-3])
+    ctx.link(wide, -3, narrow, -3, k, k // per)

@@ -76,6 +76,7 @@ BINARY_FNS = {
     "where", "masked_fill", "masked_fill_", "pow", "eq", "ne", "lt", "le", "gt", "ge",
     "bitwise_and", "bitwise_or", "logical_and", "logical_or", "fill_", "copy_", "rsub",
     "floor_divide", "remainder", "fmod", "atan2", "hypot", "prelu",
+    "addcmul", "addcdiv", "lerp",  # input + value * t1 * t2 and kin: elementwise, n-ary
 }
 REDUCE_FNS = {"mean", "sum", "amax", "amin", "max", "min", "var", "std", "prod", "logsumexp",
               "any", "all", "argmax", "argmin", "norm", "linalg_vector_norm"}
@@ -86,7 +87,7 @@ POOL_FNS = {
     "max_pool2d_with_indices", "max_pool3d_with_indices", "upsample_nearest1d",
     "upsample_nearest2d", "upsample_nearest3d", "upsample_bilinear2d", "upsample_bicubic2d",
     "upsample_linear1d", "upsample_trilinear3d", "_upsample_nearest_exact2d",
-    "_adaptive_avg_pool2d", "pixel_shuffle",
+    "_adaptive_avg_pool2d", "pixel_shuffle", "pixel_unshuffle",
 }
 FILL_FNS = {"zeros", "ones", "full", "empty", "new_zeros", "new_ones", "new_full", "new_empty",
             "arange", "scalar_tensor", "zeros_like", "ones_like", "full_like", "empty_like",
