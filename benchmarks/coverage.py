@@ -1,4 +1,6 @@
-"""Prune every torchvision classification model at ratio 0.5 with the default pipeline.
+"""Prune every torchvision model at ratio 0.5 with the default pipeline: classifiers,
+segmentation, video and optical-flow models whole, detectors by their backbone and neck
+(their post-processing is data-dependent; docs/python.md has the recipe).
 
 For each model (random init, re-randomised so no layer is an identity): trace time,
 analysis + prune time, forward of the pruned model (shape unchanged, finite), MACs and
@@ -8,7 +10,8 @@ models pruned with exact-only groups must equal the original with those channels
 (masked).
 
     python benchmarks/coverage.py                 # all models, one subprocess each
-    python benchmarks/coverage.py --models resnet18,vit_b_16
+    python benchmarks/coverage.py --models resnet18,vit_b_16,segmentation:fcn_resnet50
+    python benchmarks/coverage.py --families classification,video
 
 Writes benchmarks/results/coverage.json and prints a table and N/total.
 """
@@ -27,9 +30,50 @@ from common import (peak_rss_mb, print_row, randomize, row_notes, rss_mb,  # noq
 EQUIV_TOL = 1e-4
 
 
-def run_one(name: str) -> dict:
+FAMILIES = ("classification", "segmentation", "detection", "video", "optical_flow")
+_MODULES = {"classification": "", "segmentation": ".segmentation", "detection": ".detection",
+            "video": ".video", "optical_flow": ".optical_flow"}
+
+
+def model_names(families: list[str]) -> list[str]:
+    """FAMILY:NAME for every model of the families (classifiers by their bare name)."""
+    import importlib
+    import torchvision
+    out = []
+    for fam in families:
+        module = importlib.import_module("torchvision.models" + _MODULES[fam])
+        names = torchvision.models.list_models(module=module)
+        out += names if fam == "classification" else [f"{fam}:{n}" for n in names]
+    return out
+
+
+def build(spec: str):  # noqa: ANN201
+    """(the module to prune, its example inputs) for FAMILY:NAME, random weights."""
     import torch
     import torchvision
+    fam, _, name = spec.rpartition(":")
+    fam = fam or "classification"
+    kw = {"weights": None} | ({"weights_backbone": None} if fam in ("detection", "segmentation")
+                              else {})
+    model = randomize(torchvision.models.get_model(name, **kw).eval())
+    if fam == "detection":  # the traceable part: backbone and neck, as the detector feeds it
+        image = torch.rand(3, 320, 320)
+        return model.backbone, (model.transform([image])[0].tensors,)
+    if fam == "video":
+        frames, side = (16, 224) if name.startswith(("mvit", "swin3d")) else (16, 112)
+        return model, (torch.randn(1, 3, frames, side, side),)
+    if fam == "optical_flow":
+        return model, (torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128))
+    return model, (torch.randn(1, 3, 224, 224),)
+
+
+def _tensors(out) -> list:  # noqa: ANN001
+    import torch
+    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def run_one(name: str) -> dict:
+    import torch
 
     import prunepass
     from prunepass.frontends.torch import TorchModel
@@ -39,17 +83,14 @@ def run_one(name: str) -> dict:
     torch.manual_seed(0)
     row: dict = {"model": name}
     base_rss = rss_mb()
-    model = randomize(torchvision.models.get_model(name, weights=None).eval())
+    model, inputs = build(name)
     dense_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     row["dense_mb"] = round(dense_mb, 1)
-    x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        dense_out = model(x)
-    if isinstance(dense_out, tuple):  # googlenet / inception in eval return a tensor
-        dense_out = dense_out[0]
+        dense_out = _tensors(model(*inputs))
     after_model_rss = rss_mb()
     t0 = time.perf_counter()
-    adapter = TorchModel.from_module(model, (x,), name)
+    adapter = TorchModel.from_module(model, inputs, name)
     t1 = time.perf_counter()
     rec = PassManager(prunepass.DEFAULT_PIPELINE).run(adapter, AnalysisManager(adapter))
     t2 = time.perf_counter()
@@ -69,16 +110,16 @@ def run_one(name: str) -> dict:
         row[f"{k}_after"] = rec.cost_after[k]
     pruned = adapter.materialize()
     with torch.no_grad():
-        out = pruned(x)
-    row["shape_ok"] = tuple(out.shape) == tuple(dense_out.shape)
-    row["finite"] = bool(torch.isfinite(out).all())
+        out = _tensors(pruned(*inputs))
+    row["shape_ok"] = [tuple(o.shape) for o in out] == [tuple(o.shape) for o in dense_out]
+    row["finite"] = all(bool(torch.isfinite(o).all()) for o in out if o.is_floating_point())
     own, info = adapter.user_module()  # what prunepass.prune hands back
     row["own_class"] = info["returned"] == "own-class"
     row["own_class_err"] = info.get("max_rel_error_vs_graph")
     if not row["own_class"]:
         row["own_class_reason"] = info.get("reason", "")[:300]
     # equivalence on the exact groups: pruned == masked original
-    exact = TorchModel.from_module(model, (x,), name)
+    exact = TorchModel.from_module(model, inputs, name)
     am = AnalysisManager(exact, check_numerics=True)
     try:
         r2 = PassManager("prune-channels<ratio=0.5,exact-only=true>").run(exact, am)
@@ -95,7 +136,10 @@ def run_one(name: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", help="comma-separated names (default: every classifier)")
+    ap.add_argument("--models", help="comma-separated names, FAMILY:NAME outside the "
+                    "classifiers (default: every model of --families)")
+    ap.add_argument("--families", default=",".join(FAMILIES),
+                    help=f"comma list of {', '.join(FAMILIES)}")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--timeout", type=int, default=900)
     ap.add_argument("--merge", metavar="JSON", help="an earlier coverage.json: its rows for "
@@ -104,9 +148,8 @@ def main() -> None:
     if args.one:
         print_row(lambda: run_one(args.one), args.one)
         return
-    import torchvision
     names = args.models.split(",") if args.models else \
-        torchvision.models.list_models(module=torchvision.models)
+        model_names(args.families.split(","))
     from tqdm import tqdm
     rows = []
     for name in tqdm(names, desc="models", unit="model"):
@@ -115,9 +158,11 @@ def main() -> None:
         tqdm.write(_fmt(row))
     if args.merge:
         done = {r["model"] for r in rows}
-        old = [r for r in json.loads(Path(args.merge).read_text()) if r["model"] not in done]
+        saved = json.loads(Path(args.merge).read_text())
+        saved = saved["rows"] if isinstance(saved, dict) else saved
+        old = [r for r in saved if r["model"] not in done]
         rows = sorted(old + rows, key=lambda r: r["model"])
-    path = write_json("coverage.json", rows)
+    path = write_json("coverage.json", {"rows": rows})
     print()
     print(HEADER)
     for r in rows:

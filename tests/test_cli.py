@@ -73,7 +73,7 @@ def test_calibrate_fits_a_profile_that_predicts_what_it_printed(tmp_path, capsys
     out = tmp_path / "fit.yaml"
     argv = ["calibrate", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--backend",
             "ort", "--ratios", "0.3,0.5", "--threads", "1", "--rounds", "2", "--repeats", "2",
-            "-o", str(out)]
+            "-o", str(out), "--force"]
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = {" ".join(line.split()[:-3]): [float(v.rstrip("%")) for v in line.split()[-3:]]
