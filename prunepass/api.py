@@ -29,6 +29,10 @@ def load(model: Any, example_inputs: Sequence[Any] | Any = None,
     if type(model).__name__ == "ModelProto":
         from prunepass.frontends.onnx import OnnxModel
         return OnnxModel.from_proto(model, example_inputs, name)
+    if _is_gs_graph(model):  # an onnx-graphsurgeon graph: through its ONNX export
+        import onnx_graphsurgeon as gs
+        from prunepass.frontends.onnx import OnnxModel
+        return OnnxModel.from_proto(gs.export_onnx(model), example_inputs, name or model.name)
     import torch
     if isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
         from prunepass.frontends.torch import TorchModel
@@ -37,7 +41,13 @@ def load(model: Any, example_inputs: Sequence[Any] | Any = None,
                              "(torch.randn(1, 3, 224, 224),) or {'input_ids': ids}")
         return TorchModel.from_module(model, example_inputs, name, in_place=in_place)
     raise TraceError(f"cannot load a {type(model).__name__}: pass a torch.nn.Module, a "
-                     "torch.export.ExportedProgram or an .onnx file")
+                     "torch.export.ExportedProgram, an .onnx file, an onnx.ModelProto or an "
+                     "onnx_graphsurgeon.Graph")
+
+
+def _is_gs_graph(model: Any) -> bool:
+    return type(model).__name__ == "Graph" and type(model).__module__.startswith(
+        "onnx_graphsurgeon")
 
 
 @dataclass
@@ -90,6 +100,9 @@ def prune(model: Any, example_inputs: Sequence[Any] | Any = None,
                           "pruned tensors its code cannot run: use result.model", stacklevel=2)
     else:
         native, record.output = adapter.materialize(), {"returned": "onnx"}
+        if _is_gs_graph(model):  # given a graphsurgeon graph, give one back
+            import onnx_graphsurgeon as gs
+            native, record.output["returned"] = gs.import_onnx(native), "onnx-graphsurgeon"
         if getattr(adapter, "notes", None):
             record.output["notes"] = list(adapter.notes)
     return PruneResult(native, record, adapter)

@@ -285,3 +285,20 @@ def test_grn_pixel_shuffle_and_mask_arithmetic_have_rules_not_barriers():
                           check_numerics=True)
     assert res.model.up.out_channels == 16 and res.model.head.in_channels == 4
     assert res.record.step("remove-channels")["max_rel_error_vs_masked"] <= 1e-5
+
+
+def test_an_onnx_graphsurgeon_graph_goes_in_and_comes_back(tmp_path):
+    import numpy as np
+    import onnx_graphsurgeon as gs
+    import onnxruntime as ort
+    import onnx
+    path = _onnx_with_input_dims(tmp_path, [1, 3, 16, 16])
+    graph = gs.import_onnx(onnx.load(str(path)))
+    res = prunepass.prune(graph, None, "prune-channels<ratio=0.5>,dce", check_numerics=True)
+    assert isinstance(res.model, gs.Graph) and res.record.output["returned"] == "onnx-graphsurgeon"
+    convs = [n for n in res.model.nodes if n.op == "Conv"]
+    assert [c.inputs[1].shape[0] for c in convs] == [4, 8]  # c1 halved; c2 feeds the output
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    sess = ort.InferenceSession(gs.export_onnx(res.model).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    assert sess.run(None, {sess.get_inputs()[0].name: x})[0].shape == (1, 8)

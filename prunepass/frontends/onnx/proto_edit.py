@@ -192,21 +192,17 @@ def write_tensor(ed: Editor, name: str, value: np.ndarray, slots: list[Slot]) ->
 
 
 def erase_dead(model: onnx.ModelProto) -> int:
-    """Remove the nodes no graph output depends on and the initializers nobody reads."""
-    g = model.graph
-    live = {o.name for o in g.output}
-    kept = []
-    for n in reversed(g.node):
-        if any(o in live for o in n.output if o):
-            kept.append(n)
-            live.update(x for x in n.input if x)
-            live |= subgraph_names(n)
-    removed = len(g.node) - len(kept)
-    if removed:
-        del g.node[:]
-        g.node.extend(reversed(kept))
-    _drop_initializers(g, {t.name for t in g.initializer if t.name not in live})
-    return removed
+    """Remove the nodes no graph output depends on and the initializers nobody reads
+    (onnx-graphsurgeon's cleanup, subgraphs included), then order the nodes topologically.
+    The model keeps its own opset, metadata and functions: only its graph is replaced."""
+    import onnx_graphsurgeon as gs
+    before = len(model.graph.node)
+    graph = gs.import_onnx(model)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    new = gs.export_onnx(graph, do_type_check=False)
+    del new.graph.value_info[:]  # what graphsurgeon knew of shapes predates the edits
+    model.graph.CopyFrom(new.graph)
+    return before - len(model.graph.node)
 
 
 def _copy_node(n: onnx.NodeProto) -> onnx.NodeProto:
