@@ -302,3 +302,42 @@ def test_an_onnx_graphsurgeon_graph_goes_in_and_comes_back(tmp_path):
     sess = ort.InferenceSession(gs.export_onnx(res.model).SerializeToString(),
                                 providers=["CPUExecutionProvider"])
     assert sess.run(None, {sess.get_inputs()[0].name: x})[0].shape == (1, 8)
+
+
+class TokenMixer(nn.Module):
+    """Conv positions turned into tokens: a token-mixing MLP over H*W (MLP-Mixer), and a
+    linear over positions reshaped back to H x W and added to the conv output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, stride=4)  # 32 x 32 -> 8 x 8 = 64 positions
+        self.tok1, self.tok2 = nn.Linear(64, 32), nn.Linear(32, 64)
+        self.ch1, self.ch2 = nn.Linear(16, 24), nn.Linear(24, 16)
+        self.mix = nn.Linear(64, 64)
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.patch(x)
+        b, c, h, w = y.shape
+        y = y + self.mix(y.reshape(b, c, h * w)).reshape(b, c, h, w)  # positions, not channels
+        t = self.conv(y).flatten(2)
+        t = t + self.tok2(torch.relu(self.tok1(t)))  # token mixing over positions
+        t = t.transpose(1, 2)
+        t = t + self.ch2(torch.relu(self.ch1(t)))
+        return self.head(t.mean(1))
+
+
+def test_positions_turned_into_tokens_are_not_a_channel_group():
+    torch.manual_seed(0)
+    model, x = randomize(TokenMixer().eval()), torch.randn(1, 3, 32, 32)
+    cg = AnalysisManager(prunepass.load(model, (x,))).get("channel-groups")
+    prunable = sorted((g.size, g.producers[0][0]) for g in cg.groups if g.prunable.any())
+    # the tokens' hidden layer (32) is a group; the 64 positions (mix, tok2) are not
+    assert prunable == [(16, "conv.weight"), (16, "patch.weight"), (24, "ch1.weight"),
+                        (32, "tok1.weight")]
+    res = prunepass.prune(model, (x,), "prune-channels<ratio=0.5>,dce", check_numerics=True)
+    assert res.record.output["returned"] == "own-class"
+    assert res.model.tok1.out_features == 16 and res.model.mix.out_features == 64
+    with torch.no_grad():
+        assert res.model(x).shape == (1, 5)

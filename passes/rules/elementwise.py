@@ -7,6 +7,7 @@ from prunepass.ir import ops
 from prunepass.ir.graph import Node
 from prunepass.passes.rules import rule
 from prunepass.passes.rules.context import RuleContext
+from prunepass.passes.rules.linear import pin_spatial
 
 # Reductions for which a zero channel contributes nothing: removing equals zeroing.
 ZERO_NEUTRAL = {"sum", "norm", "linalg_vector_norm", "any"}
@@ -65,6 +66,7 @@ def reduce(node: Node, ctx: RuleContext) -> None:
 @rule(ops.POOL)
 def pool(node: Node, ctx: RuleContext) -> None:
     x = node.inputs[0]
+    pin_spatial(ctx, x, *node.outputs)
     if node.attrs.get("fn") in ("pixel_shuffle", "pixel_unshuffle"):
         _pixel_shuffle(node, ctx)
         return

@@ -12,12 +12,22 @@ from prunepass.passes.rules import rule
 from prunepass.passes.rules.context import RuleContext
 
 
+def pin_spatial(ctx: RuleContext, *values: Value) -> None:
+    """A convolution's or pooling's spatial axes (2 and on) are positions, not channels:
+    their sizes follow the input's, so a layer that reshapes them into tokens must not
+    make them a group of its own."""
+    for v in values:
+        for axis in range(2, v.ndim):
+            ctx.pin(v, axis, "spatial axis: its size follows the model input's")
+
+
 @rule(ops.CONV)
 def conv(node: Node, ctx: RuleContext) -> None:
     x, w, out = node.inputs[0], node.inputs[1], node.output
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     g = node.attrs["groups"]
     ctx.link(x, 0, out, 0)
+    pin_spatial(ctx, x, out)
     if node.attrs["transposed"]:
         if g != 1:
             ctx.barrier(node, "grouped transposed convolution")

@@ -72,6 +72,11 @@ def reshape(node: Node, ctx: RuleContext) -> None:
             continue
         tracked = [a for a in ins if ctx.is_tracked(x, a) and x.shape[a] > 1]
         if not tracked:
+            # no layer's channels among them (channels are tracked from the layer that
+            # makes them on): positions, such as a conv's H and W flattened into tokens.
+            # A layer reading them later must not make them a group of its own.
+            for a in outs:
+                ctx.pin(out, a, "positions reshaped (no channel axis among them)")
             continue
         # Tie one channel axis in to one axis out: the pair that keeps the most independent
         # channels. (3*C) -> (3, C) keeps C; C -> (heads, head_dim) keeps head_dim;

@@ -196,10 +196,15 @@ def erase_dead(model: onnx.ModelProto) -> int:
     (onnx-graphsurgeon's cleanup, subgraphs included), then order the nodes topologically.
     The model keeps its own opset, metadata and functions: only its graph is replaced."""
     import onnx_graphsurgeon as gs
+    from prunepass.errors import TraceError, first_line
     before = len(model.graph.node)
-    graph = gs.import_onnx(model)
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    new = gs.export_onnx(graph, do_type_check=False)
+    try:
+        graph = gs.import_onnx(model)
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        new = gs.export_onnx(graph, do_type_check=False)
+    except Exception as e:  # a damaged field onnx.load let through
+        raise TraceError(f"onnx-graphsurgeon cannot rewrite this model's graph "
+                         f"({type(e).__name__}: {first_line(e)}): is the file damaged?") from e
     del new.graph.value_info[:]  # what graphsurgeon knew of shapes predates the edits
     model.graph.CopyFrom(new.graph)
     return before - len(model.graph.node)
