@@ -341,3 +341,36 @@ def test_positions_turned_into_tokens_are_not_a_channel_group():
     assert res.model.tok1.out_features == 16 and res.model.mix.out_features == 64
     with torch.no_grad():
         assert res.model(x).shape == (1, 5)
+
+
+class Unfolder(nn.Module):
+    """MobileViT's unfolding: (B, C, H, W) -> (B*C*nh, ph, nw, pw) -> ... -> back, where the
+    batch is symbolic, so the first size is the product s0*C*nh."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mix = nn.Linear(4, 4)  # mixes the pixels of a 2 x 2 patch
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        b, c, h, w = y.shape
+        p = y.reshape(b * c * (h // 2), 2, w // 2, 2).transpose(1, 2)
+        p = self.mix(p.reshape(b * c * (h // 2), w // 2, 4))
+        p = p.reshape(b * c * (h // 2), w // 2, 2, 2).transpose(1, 2).reshape(b, c, h, w)
+        return self.head(torch.relu(p + y))
+
+
+def test_a_symbolic_product_with_a_channel_count_is_rewritten():
+    torch.manual_seed(0)
+    model, x = randomize(Unfolder().eval()), torch.randn(1, 3, 8, 8)
+    res = prunepass.prune(model, (x,), "prune-channels<ratio=0.5>,dce", check_numerics=True)
+    step = res.record.step("remove-channels")
+    assert [g["channels"] for g in step["groups"]] == [8] and step["groups"][0]["kept"] == 4
+    assert step["max_rel_error_vs_masked"] <= 1e-5
+    graph_module = res.adapter.materialize()  # the batch stays symbolic in the graph
+    x3 = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(graph_module(x3), res.model(x3), atol=1e-5)
+        assert res.model.stem.out_channels == 4

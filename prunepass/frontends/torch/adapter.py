@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -303,8 +304,8 @@ class TorchModel(ModelAdapter):
                         sizes[d] = new
                         self.rewrites.append((node.scope, old, new))
                     elif not isinstance(old, int):
-                        raise PlanError(f"node {node.name} ({base}): axis {d} has a symbolic "
-                                        "size and cannot be rewritten")
+                        sizes[d] = _scaled_product(fxn, old, new, out.shape[d], node, d)
+                        self.rewrites.append((node.scope, out.shape[d], new))
             if i < len(args):
                 args[i] = sizes
                 fxn.args = tuple(args)
@@ -470,3 +471,27 @@ class TorchModel(ModelAdapter):
         and what was done, for the record."""
         from prunepass.frontends.torch.own_module import own_module
         return own_module(self)
+
+
+def _is_product(n: Any) -> bool:  # noqa: ANN401
+    """A size that is a product of ints and symbols (the batch): ``B * C * patches``."""
+    if isinstance(n, int):
+        return True
+    if not isinstance(n, fx.Node):
+        return False
+    if n.op == "call_function" and n.target is operator.mul:
+        return all(_is_product(a) for a in n.args)
+    return n.op == "call_function" and "sym_size" in str(n.target) or n.op == "placeholder"
+
+
+def _scaled_product(fxn: fx.Node, old: Any, new: int, example: int, node: Node,  # noqa: ANN401
+                    axis: int) -> fx.Node:
+    """A symbolic size ``old`` (with the example inputs: ``example``) that a pruned channel
+    count is a factor of, scaled to ``new``: old * new // example. Exact for a product of
+    the batch (or any symbol) and constants: every factor but the channels' is unchanged."""
+    if not _is_product(old):
+        raise PlanError(f"node {node.name}: axis {axis} has a symbolic size that is not a "
+                        "product of the batch and constants and cannot be rewritten")
+    with fxn.graph.inserting_before(fxn):
+        scaled = fxn.graph.call_function(operator.mul, (old, new))
+        return fxn.graph.call_function(operator.floordiv, (scaled, example))
