@@ -60,7 +60,7 @@ def build(spec: str):  # noqa: ANN201
         image = torch.rand(3, 320, 320)
         return model.backbone, (model.transform([image])[0].tensors,)
     if fam == "video":
-        frames, side = (16, 224) if name.startswith(("mvit", "swin3d")) else (16, 112)
+        frames, side = (16, 224) if name.startswith(("mvit", "swin3d", "s3d")) else (16, 112)
         return model, (torch.randn(1, 3, frames, side, side),)
     if fam == "optical_flow":
         return model, (torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128))
