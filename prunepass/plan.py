@@ -77,7 +77,8 @@ class PrunePlan:
         return self.cg.groups
 
     def candidates(self, group: Any) -> np.ndarray:  # noqa: ANN401
-        """The classes of ``group`` that the limits let go (prunable, exact if asked)."""
+        """The classes of ``group`` that the limits let go: prunable, not ignored, exact if
+        asked, and not a distribution's axis unless asked."""
         if self.limits.ignores(group):
             return group.classes[:0]
         ok = group.prunable & (group.exact if self.limits.exact_only else True)
