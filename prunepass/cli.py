@@ -72,13 +72,9 @@ _ORDER = {n: i for i, n in enumerate(("score-channels", "limit-channels", "selec
                                       "hw-check"))}
 
 
-def _default_text(o) -> str:  # noqa: ANN001
-    return "[" + ",".join(o.default) + "]" if isinstance(o.default, list) \
-        else str(o.default).lower() if isinstance(o.default, bool) else str(o.default)
-
-
 def cmd_passes(args: argparse.Namespace) -> int:
     from prunepass.pm import REGISTRY, PassManager
+    from prunepass.pm.options import format_value
     if args.expand:
         print(PassManager(args.expand).pipeline)
         return 0
@@ -91,7 +87,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
             if kind == "pipeline":
                 print(f"      = {','.join(p.text() for p in PassManager([cls()]).passes)}")
             for o in cls.options:
-                print(f"      {o.name}={o.describe_type()} (default {_default_text(o)}): {o.doc}")
+                print(f"      {o.name}={o.describe_type()} (default {format_value(o.default)}): {o.doc}")
         print()
     print("pipeline syntax: pass,pass<option=value,option=[a,b]>,...\n"
           "`prunepass passes --expand PIPELINE` prints PIPELINE as it runs: named pipelines "

@@ -23,11 +23,8 @@ _KINDS = (("analysis", "Analysis passes",
 
 
 def _default(o) -> str:  # noqa: ANN001
-    if isinstance(o.default, list):
-        return "[" + ",".join(o.default) + "]"
-    if isinstance(o.default, bool):
-        return str(o.default).lower()
-    return str(o.default) if o.default != "" else '""'
+    from prunepass.pm.options import format_value
+    return format_value(o.default) if o.default != "" else '""'
 
 
 def pass_reference() -> str:

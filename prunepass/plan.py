@@ -13,13 +13,13 @@ A refinement added after a selection that is a search (a budget) makes the searc
 again with the refinement inside, so the refined plan still meets the budget."""
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from prunepass.errors import PipelineError
+from prunepass.pm.options import matches_any
 from prunepass.pm.passes import PreservedAnalyses, TransformPass, TransformResult
 
 # a refinement: (plan, removed-class mask) -> the new mask (may be the same array, changed)
@@ -41,11 +41,7 @@ class Limits:
     distributions: bool = False
 
     def ignores(self, group: Any) -> bool:  # noqa: ANN401
-        for p, _ in group.producers:
-            for pat in self.ignore:
-                if fnmatch.fnmatch(p, pat) or p.startswith(pat + ".") or p == pat:
-                    return True
-        return False
+        return any(matches_any(p, self.ignore) for p, _ in group.producers)
 
 
 @dataclass

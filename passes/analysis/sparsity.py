@@ -6,7 +6,6 @@ Also the shared definition of a *weight layer*: a conv, linear or matmul whose w
 trainable parameter, with the axis its product reduces over (N:M blocks run along it)."""
 from __future__ import annotations
 
-import fnmatch
 import zlib
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ from prunepass.errors import PipelineError
 from prunepass.ir import ops
 from prunepass.ir.graph import PARAM, Graph
 from prunepass.pm import AnalysisPass, Option, register
-from prunepass.pm.options import at_least
+from prunepass.pm.options import at_least, matches_any
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,7 @@ def unweighted_layers(graph: Graph) -> list[str]:
 
 
 def ignored(param: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatch(param, p) or param.startswith(p + ".") or param == p
-               for p in patterns)
+    return matches_any(param, patterns)
 
 
 def nm_blocks(w: np.ndarray, m: int, axis: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Typed pass options: parsed from pipeline text or given from Python, checked the same way."""
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -64,6 +65,20 @@ class Option:
             if complaint:
                 raise PipelineError(f"{where} {complaint}, got {value!r}")
         return value
+
+
+def format_value(v: Any) -> str:
+    """An option value in pipeline syntax: [a,b] for lists, true/false for bools."""
+    if isinstance(v, list):
+        return "[" + ",".join(map(str, v)) + "]"
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def matches_any(name: str, patterns: list[str]) -> bool:
+    """What an ``ignore`` option means: ``name`` matches a pattern by fnmatch, is it, or
+    lies under it as a dotted prefix."""
+    return any(fnmatch.fnmatch(name, p) or name.startswith(p + ".") or name == p
+               for p in patterns)
 
 
 def in_range(lo: float, hi: float, hi_open: bool = True) -> Callable[[Any], str | None]:

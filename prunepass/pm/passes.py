@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from prunepass.errors import PipelineError
-from prunepass.pm.options import Option
+from prunepass.pm.options import Option, format_value
 
 
 @dataclass
@@ -69,10 +69,7 @@ class Pass:
         opts = self.opts if full else self.non_default()
         if not opts:
             return self.name
-        def fmt(v: Any) -> str:
-            return "[" + ",".join(map(str, v)) + "]" if isinstance(v, list) else str(v).lower() \
-                if isinstance(v, bool) else str(v)
-        return f"{self.name}<{','.join(f'{k}={fmt(v)}' for k, v in opts.items())}>"
+        return f"{self.name}<{','.join(f'{k}={format_value(v)}' for k, v in opts.items())}>"
 
     @classmethod
     def summary(cls) -> str:
