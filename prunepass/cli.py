@@ -95,6 +95,29 @@ def cmd_passes(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_calibration(path: str, onnx_model: bool) -> Any:  # noqa: ANN401
+    """Calibration inputs from a .pt or .npz file, in the form prune() takes."""
+    import numpy as np
+    import torch
+    if not Path(path).is_file():
+        raise PrunepassError(f"--calibration {path}: no such file")
+    if path.endswith(".npz"):
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        positional = sorted((k for k in arrays if k.startswith("arr_")),
+                            key=lambda k: int(k[4:]))
+        conv = (lambda a: a) if onnx_model else torch.from_numpy
+        args = tuple(conv(arrays[k]) for k in positional)
+        kwargs = {k: conv(v) for k, v in arrays.items() if k not in positional}
+        return (args, kwargs) if kwargs and args else kwargs or args
+    if path.endswith(".pt"):
+        data = torch.load(path, weights_only=True)
+        if onnx_model:
+            raise PrunepassError(f"--calibration {path}: an ONNX model takes a .npz of arrays")
+        return data if isinstance(data, (tuple, list, dict)) else (data,)
+    raise PrunepassError(f"--calibration {path}: give a .pt or .npz file")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import prunepass
     from prunepass.pm import DumpIR, PassManager, TimePasses, VerifyIR
@@ -111,8 +134,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                                         check_numerics=args.check_numerics,
                                         energy_profile=args.profile)
     else:
+        calibration = load_calibration(args.calibration, onnx_input) \
+            if args.calibration else None
         result = prunepass.prune(model, inputs, pm, check_numerics=args.check_numerics,
-                                 progress=not args.quiet, energy_profile=args.profile)
+                                 progress=not args.quiet, energy_profile=args.profile,
+                                 calibration=calibration)
     result.record.model = args.model
     say = _say(args)
     say(format_record(result.record))
@@ -512,6 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--record", help="re-apply a saved record instead of choosing channels")
     s.add_argument("--check-numerics", action="store_true",
                    help="compare each pruned model with the masked original")
+    s.add_argument("--calibration", metavar="FILE", help="inputs for the scores that read "
+                   "activations or gradients (wanda, flap, activation, taylor, hessian): a .pt "
+                   "(a tensor, a tuple of tensors or a dict of keyword tensors) or a .npz "
+                   "(arr_0, arr_1, ... positional, other names keyword); only the batch axis "
+                   "may differ from the example inputs")
     s.add_argument("--dump-ir", metavar="DIR", help="write the IR before/after each pass")
     s.add_argument("--print-plan", action="store_true", help="print each applied prune plan: "
                    "per group the channels kept and the passes that decided the count")

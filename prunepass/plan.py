@@ -4,7 +4,7 @@ Plan passes build it, one concern each; remove-channels or mask-channels applies
 
     score-channels   opens a plan: a score for every channel class
     limit-channels   what may go (ignore, exact-only) and in what steps (round-to,
-                     min-channels, max-ratio, tie-sizes); every selection keeps to them
+                     min-channels, max-ratio, tie-sizes, uniform-layers); every selection keeps to them
     select-*         the one selection of the plan: how many channels go, and which
     refinements      passes that move a selection (hw-round, your own RefinePass)
     hw-check         times the plan with and without hw-round and keeps the faster
@@ -39,6 +39,7 @@ class Limits:
     max_ratio: float = 0.9
     tie_sizes: bool = True
     distributions: bool = False
+    uniform_layers: bool = False
 
     def ignores(self, group: Any) -> bool:  # noqa: ANN401
         return any(matches_any(p, self.ignore) for p, _ in group.producers)

@@ -16,8 +16,11 @@ from scipy.sparse.csgraph import connected_components
 
 from prunepass.ir import ops
 from prunepass.ir.graph import Graph
-from prunepass.pm import AnalysisPass, register
+from prunepass.pm import AnalysisPass, Option, register
 from prunepass.passes.rules import RULES, RuleContext
+
+
+UNITS = ("channels", "heads")
 
 
 @dataclass
@@ -101,8 +104,8 @@ def _components(n: int, src: list[np.ndarray], dst: list[np.ndarray]) -> tuple[i
     return connected_components(m, directed=False)
 
 
-def build_channel_groups(graph: Graph) -> ChannelGroups:
-    ctx = RuleContext(graph)
+def build_channel_groups(graph: Graph, unit: str = "channels") -> ChannelGroups:
+    ctx = RuleContext(graph, unit=unit)
     for v in [*graph.inputs, *graph.outputs]:
         ctx.pin_all(v, "model input/output")
     for node in graph.nodes:
@@ -183,6 +186,11 @@ def build_channel_groups(graph: Graph) -> ChannelGroups:
 class ChannelGroupsAnalysis(AnalysisPass):
     """Coupled channel groups: what must be removed together, what cannot be removed."""
     name = "channel-groups"
+    options = (
+        Option("unit", str, "channels", "what one class of an attention layer is: a channel "
+               "of every head (head_dim shrinks) or a whole head (heads go, with their "
+               "key/value group under grouped-query attention)", UNITS),
+    )
 
     def run(self, graph: Graph, am) -> ChannelGroups:  # noqa: ANN001
-        return build_channel_groups(graph)
+        return build_channel_groups(graph, self["unit"])

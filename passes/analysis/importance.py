@@ -3,7 +3,9 @@
 Criteria: ``l1``/``l2`` (norm of every weight slice the channel owns: its filters and the
 consumers' input columns), ``bn-scale`` (|gamma| of its batch norms; groups without one fall
 back to l2), ``taylor`` (first-order Taylor: |sum of w * dL/dw| over the channel's weights,
-on the calibration batch), ``random``. New criteria register in ``CRITERIA``."""
+on the calibration batch), ``random``; from activations (activation_scores.py): ``activation``,
+``wanda``, ``flap``; from weights and gradients (weight_scores.py): ``lamp``, ``fpgm``,
+``hessian``. New criteria register in ``CRITERIA`` with ``@criterion``."""
 from __future__ import annotations
 
 from typing import Callable
@@ -25,11 +27,28 @@ def criterion(name: str) -> Callable[[Criterion], Criterion]:
     return reg
 
 
-def _grouped_axes(graph: Graph, cg, names=None):  # noqa: ANN001, ANN202
-    """(value, axis, classes) for every parameter axis that touches a prunable group."""
+def prunable_classes(cg) -> np.ndarray:  # noqa: ANN001
+    """A bool per class: in a group and not pinned."""
     in_group = np.zeros(cg.n_classes, bool)
     for g in cg.groups:
         in_group[g.classes[g.prunable]] = True
+    return in_group
+
+
+def fallback_to(graph: Graph, cg, am, scores: np.ndarray, seen: np.ndarray  # noqa: ANN001
+                ) -> np.ndarray:
+    """Groups a criterion could not score (no class ``seen``) get their l2 scores."""
+    missing = [g for g in cg.groups if not seen[g.classes].any()]
+    if missing:
+        base = l2(graph, cg, am)
+        for g in missing:
+            scores[g.classes] = base[g.classes]
+    return scores
+
+
+def _grouped_axes(graph: Graph, cg, names=None):  # noqa: ANN001, ANN202
+    """(value, axis, classes) for every parameter axis that touches a prunable group."""
+    in_group = prunable_classes(cg)
     for name, v in graph.state.items():
         if v.kind != "param" or (names is not None and name not in names):
             continue
@@ -71,11 +90,7 @@ def bn_scale(graph: Graph, cg, am) -> np.ndarray:  # noqa: ANN001
     gammas = {n.inputs[1].param for n in graph.nodes
               if n.op == ops.BATCHNORM and "weight" in n.attrs.get("has", [])}
     scores = _accumulate(graph, cg, am.model.state_array, lambda a, ax: np.abs(a), gammas)
-    fallback = l2(graph, cg, am)
-    for g in cg.groups:
-        if not scores[g.classes].any():
-            scores[g.classes] = fallback[g.classes]
-    return scores
+    return fallback_to(graph, cg, am, scores, scores != 0)
 
 
 @criterion("taylor")
@@ -92,9 +107,14 @@ def random(graph: Graph, cg, am, seed: int = 0) -> np.ndarray:  # noqa: ANN001
     return np.random.default_rng(seed).random(cg.n_classes)
 
 
+# criteria in files of their own register when imported; after CRITERIA exists
+from prunepass.passes.analysis import activation_scores, weight_scores  # noqa: E402,F401
+
+
 @register
 class ImportanceAnalysis(AnalysisPass):
-    """Score every channel class (l1, l2, bn-scale, taylor, random)."""
+    """Score every channel class (norms, bn-scale, Taylor, Hessian, LAMP, FPGM, activation,
+    Wanda, FLAP, random)."""
     name = "importance"
     options = (
         Option("criterion", str, "l2", "how channels are scored", tuple(CRITERIA)),
@@ -106,3 +126,4 @@ class ImportanceAnalysis(AnalysisPass):
         if self["criterion"] == "random":
             return random(graph, cg, am, self["seed"])
         return CRITERIA[self["criterion"]](graph, cg, am)
+

@@ -32,6 +32,10 @@ class LimitChannels(PlanPass):
         Option("distributions", bool, _DEFAULT.distributions, "also prune channels a "
                "softmax is over (the bins of a distribution, as in a detector's box head): "
                "that changes what the model computes, not only its statistics"),
+        Option("uniform-layers", bool, _DEFAULT.uniform_layers, "every layer of a kind (the "
+               "groups whose producers differ only in a layer index, as layers.*.mlp) keeps "
+               "the same count, so one config value (intermediate_size, heads) describes "
+               "the model"),
     )
 
     def update(self, am: Any) -> dict[str, Any]:  # noqa: ANN401
@@ -39,5 +43,6 @@ class LimitChannels(PlanPass):
         plan.limits = Limits(ignore=list(self["ignore"]), exact_only=self["exact-only"],
                              round_to=self["round-to"], min_channels=self["min-channels"],
                              max_ratio=self["max-ratio"], tie_sizes=self["tie-sizes"],
-                             distributions=self["distributions"])
+                             distributions=self["distributions"],
+                             uniform_layers=self["uniform-layers"])
         return {}

@@ -3,6 +3,7 @@ groups (global), within a plan's limits. The selection passes and the search use
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -56,10 +57,37 @@ def choose_removed(plan: PrunePlan, ratio: float, scope: str = "local",
             r = (group_ratios or {}).get(g.id, ratio)
             remove_best(plan, g, cand, g.size - kept_count(g.size, int(round(r * g.size)),
                                                           limits), removed)
+    if limits.uniform_layers:
+        same_counts(plan, removed, eligible)
     tied = {}
     if limits.tie_sizes:
         tied = equalize(cg, scores, removed, {g.id: c for g, c in eligible})
     return removed, tied
+
+
+def layer_kind(group: Any) -> tuple:  # noqa: ANN401
+    """What makes groups the same layer of a model's repeated blocks: producers that differ
+    only in a layer index (layers.3.mlp.up_proj -> layers.*.mlp.up_proj), and the size."""
+    return tuple(sorted({(re.sub(r"(^|\.)\d+(?=\.)", r"\1*", p), a)
+                         for p, a in group.producers})), group.size
+
+
+def same_counts(plan: PrunePlan, removed: np.ndarray,
+                eligible: list[tuple[Any, np.ndarray]]) -> None:  # noqa: ANN401
+    """uniform-layers: each kind of layer keeps the mean of its layers' kept counts (kept to
+    the limits), every layer its best-scored channels."""
+    kinds: dict[tuple, list[tuple[Any, np.ndarray]]] = {}
+    for g, cand in eligible:
+        kinds.setdefault(layer_kind(g), []).append((g, cand))
+    for members in kinds.values():
+        if len(members) < 2:
+            continue
+        size = members[0][0].size
+        mean_lost = float(np.mean([removed[g.classes].sum() for g, _ in members]))
+        keep = kept_count(size, int(round(mean_lost)), plan.limits)
+        keep = max(keep, max(size - len(cand) for _, cand in members))
+        for g, cand in members:
+            remove_best(plan, g, cand, size - keep, removed)
 
 
 def remove_best(plan: PrunePlan, group: Any, cand: np.ndarray, count: int,  # noqa: ANN401

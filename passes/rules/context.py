@@ -14,6 +14,9 @@ from prunepass.ir.graph import Graph, Node, Value
 @dataclass
 class RuleContext:
     graph: Graph
+    # "channels": a reshape into (heads, head_dim) ties head_dim, every head keeps a share;
+    # "heads": it ties the heads axis, so whole heads (and key/value groups) are the unit
+    unit: str = "channels"
     base: dict[tuple[int, int], int] = field(default_factory=dict)
     size: int = 0
     src: list[np.ndarray] = field(default_factory=list)

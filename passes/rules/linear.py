@@ -153,6 +153,14 @@ def attention(node: Node, ctx: RuleContext) -> None:
     ctx.inexact(k, -2, "softmax over keys", distribution=True)
     for x in (q, k, v):
         _batch_broadcast(ctx, x, out, 2)
+    if q.ndim >= 3 and k.ndim >= 3 and q.shape[-3] != k.shape[-3] and k.shape[-3] > 0 \
+            and q.shape[-3] % k.shape[-3] == 0:
+        # grouped-query attention in one call (enable_gqa): query head h reads key/value
+        # head h // (query heads per key/value head)
+        h = np.arange(q.shape[-3])
+        rep = q.shape[-3] // k.shape[-3]
+        ctx.link(q, -3, k, -3, h, h // rep)
+        ctx.link(q, -3, v, -3, h, h // rep)
     if len(node.inputs) > 3:
         mask = node.inputs[3]
         if mask.ndim >= 2:

@@ -84,6 +84,14 @@ def reshape(node: Node, ctx: RuleContext) -> None:
         # Every other axis of the block is pinned: it is bound to the tied ones.
         in_shape = [x.shape[a] for a in ins]
         out_shape = [out.shape[a] for a in outs]
+        heads = _heads_pair(ctx, x, out, ins, outs, tracked)
+        if heads is not None:
+            p, q = heads
+            ia = _coords(in_shape, ins.index(p))
+            ib = _coords(out_shape, outs.index(q))
+            pairs = np.unique(np.stack([ia, ib], 1), axis=0)
+            _tie(ctx, x, out, ins, outs, p, q, pairs)
+            continue
         best = None
         for p in tracked:
             ia = _coords(in_shape, ins.index(p))
@@ -98,13 +106,40 @@ def reshape(node: Node, ctx: RuleContext) -> None:
         if best is None:
             continue
         _, p, q, pairs = best
-        ctx.link(x, p, out, q, pairs[:, 0], pairs[:, 1])
-        for a in ins:
-            if a != p:
-                ctx.pin(x, a, "reshaped together with a channel axis")
-        for a in outs:
-            if a != q:
-                ctx.pin(out, a, "reshaped together with a channel axis")
+        _tie(ctx, x, out, ins, outs, p, q, pairs)
+
+
+def _tie(ctx: RuleContext, x: Value, out: Value, ins: list[int], outs: list[int], p: int,
+         q: int, pairs: np.ndarray) -> None:
+    ctx.link(x, p, out, q, pairs[:, 0], pairs[:, 1])
+    for a in ins:
+        if a != p:
+            ctx.pin(x, a, "reshaped together with a channel axis")
+    for a in outs:
+        if a != q:
+            ctx.pin(out, a, "reshaped together with a channel axis")
+
+
+def _heads_pair(ctx: RuleContext, x: Value, out: Value, ins: list[int], outs: list[int],
+                tracked: list[int]) -> tuple[int, int] | None:
+    """With ``unit=heads``: the (in axis, out axis) to tie where a reshape splits the last
+    axis into (..., heads, head_dim) or merges (heads, head_dim) back: the heads axis, so a
+    class is a whole head. (3*C) -> (3, heads, head_dim) ties heads too."""
+    if ctx.unit != "heads":
+        return None
+
+    def heads_axis(v: Value, axes: list[int]) -> int | None:
+        sized = [a for a in axes if v.shape[a] > 1]
+        if len(sized) < 2 or sized[-1] != v.ndim - 1:
+            return None
+        return sized[-2]
+    if len(ins) == 1 and ins[0] == x.ndim - 1 and tracked:
+        h = heads_axis(out, outs)
+        return None if h is None else (ins[0], h)
+    if len(outs) == 1 and outs[0] == out.ndim - 1:
+        h = heads_axis(x, ins)
+        return None if h is None or h not in tracked else (h, outs[0])
+    return None
 
 
 @rule(ops.PERMUTE)

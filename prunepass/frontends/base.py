@@ -31,6 +31,12 @@ class ModelAdapter(ABC):
                         loss_fn: Callable[[Any], Any] | None) -> dict[str, np.ndarray]:
         """d(loss)/d(parameter) for every parameter on a calibration batch."""
 
+    def activation_stats(self, inputs: Sequence[Any] | None, wanted: dict[str, int]
+                         ) -> dict[str, Any]:
+        """Per-channel sums of the named activations along the given axes, on a
+        calibration batch: what scores that read activations need."""
+        raise NotImplementedError(f"{type(self).__name__} cannot record activations")
+
     @abstractmethod
     def apply_keep(self, keep: dict[tuple[str, int], np.ndarray], mode: str) -> None:
         """Keep only the given indices of each (value name, axis). ``mode`` is "remove"

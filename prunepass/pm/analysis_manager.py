@@ -26,6 +26,10 @@ class AnalysisManager:
         # ended by remove-channels / mask-channels; a pass that changes the model ends it
         self.plan: Any = None
         self.plan_dropped_by: str | None = None
+        # option values an analysis gets when a pass asks for it without them: a plan that
+        # prunes whole heads sets {"channel-groups": {"unit": "heads"}}, and every pass that
+        # asks for the groups while it is open sees the same ones
+        self.defaults: dict[str, dict[str, Any]] = {}
         self._cache: dict[tuple[str, tuple], Any] = {}
         self.computed: list[str] = []  # analyses run, in order (for tests and reports)
 
@@ -34,7 +38,7 @@ class AnalysisManager:
         return self.model.graph
 
     def get(self, name: str, **opts: Any) -> Any:
-        p = lookup(name)(**opts)
+        p = lookup(name)(**{**self.defaults.get(name, {}), **opts})
         if not isinstance(p, AnalysisPass):
             raise TypeError(f"{name} is a transform, not an analysis")
         return self.run(p)

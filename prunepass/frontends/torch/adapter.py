@@ -203,6 +203,7 @@ class TorchModel(ModelAdapter):
 
     def state_gradients(self, inputs: Sequence[Any] | None = None,
                         loss_fn: Callable[[Any], Any] | None = None) -> dict[str, np.ndarray]:
+        self.check_calibration(inputs)
         gm = self.gm
         params = dict(gm.named_parameters())
         for p in params.values():
@@ -218,6 +219,19 @@ class TorchModel(ModelAdapter):
         for p in params.values():
             p.grad = None
         return weight_masks.public_names(grads)
+
+    def activation_stats(self, inputs: Sequence[Any] | None, wanted: dict[str, int]
+                         ) -> dict[str, Any]:
+        """Per-channel sums (ChannelStats) of the named values along the given axes, on
+        ``inputs`` (default: the example inputs), in eval mode."""
+        from prunepass.frontends.torch.activations import channel_stats
+        self.check_calibration(inputs)
+        was = self.gm.training
+        self.gm.eval()
+        try:
+            return channel_stats(self.gm, lambda: self._call(self.gm, inputs), wanted)
+        finally:
+            self.gm.train(was)
 
     def run(self, inputs: Sequence[Any] | None = None,
             module: torch.nn.Module | None = None) -> list[np.ndarray]:
@@ -236,6 +250,12 @@ class TorchModel(ModelAdapter):
 
     def _call(self, module: torch.nn.Module, inputs: Any) -> Any:
         return (normalize(inputs) if inputs is not None else self._inputs).call(module)
+
+    def check_calibration(self, inputs: Any) -> None:  # noqa: ANN401
+        """A clear error where calibration inputs do not fit the traced model."""
+        from prunepass.frontends.torch.inputs import check_calibration
+        if inputs is not None:
+            check_calibration(self._inputs, normalize(inputs))
 
     # -- transforms -------------------------------------------------------------------
     def apply_keep(self, keep: dict[tuple[str, int], np.ndarray], mode: str) -> None:
@@ -324,6 +344,8 @@ class TorchModel(ModelAdapter):
             if len(node.outputs) != len(fxn.meta["val"]):
                 raise PlanError(f"node {node.name} ({base}): some of its outputs are unused; "
                                 "run dce first")
+            self.rewrites += [(node.scope, o.shape[axis], n)
+                              for o, n in zip(node.outputs, sizes) if o.shape[axis] != n]
             fxn.target = aten.split_with_sizes.default
             fxn.args, fxn.kwargs = (fxn.args[0], sizes, axis), {}
         elif node.op == ops.CONV:

@@ -32,9 +32,26 @@ def is_hf(module: nn.Module) -> bool:
     return hasattr(module, "save_pretrained") and hasattr(config, "to_dict")
 
 
+# config fields that hold a number which is not a layer size, though it may equal one
+_NOT_SIZES = ("max_", "position", "vocab", "bucket", "distance", "token_id", "layers",
+              "n_layer", "window", "n_ctx")
+
+
+def _head_dim(config: Any) -> int | None:
+    for field in ("head_dim", "d_kv", "attention_head_size"):
+        if isinstance(v := getattr(config, field, None), int) and v > 0:
+            return v
+    hidden = getattr(config, "hidden_size", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if isinstance(hidden, int) and isinstance(heads, int) and heads and hidden % heads == 0:
+        return hidden // heads
+    return None
+
+
 def _guess(config: Any, changes: list[Change]) -> dict[str, tuple[int, int]]:
     """Config fields to change: a field named like a changed number attribute (head_dim),
-    or a field whose value was a layer size that every layer of that size changed alike."""
+    a head count whose projections lost whole heads, or a field whose value was a layer
+    size that the layers which changed it changed alike."""
     by_size: dict[int, set[int]] = {}
     by_name: dict[str, set[tuple[Any, Any]]] = {}
     for _, attr, old, new in changes:
@@ -42,15 +59,30 @@ def _guess(config: Any, changes: list[Change]) -> dict[str, tuple[int, int]]:
             by_size.setdefault(old, set()).add(new)
         elif isinstance(old, int) and old != new:
             by_name.setdefault(attr, set()).add((old, new))
+    fields = {f: v for f, v in config.to_dict().items()
+              if isinstance(v, int) and not isinstance(v, bool)
+              and not any(w in f for w in _NOT_SIZES)}
     out: dict[str, tuple[int, int]] = {}
-    for field, value in config.to_dict().items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            continue
+    hd = _head_dim(config)
+    explained: set[int] = set()
+    for field, value in fields.items():
         named = by_name.get(field)
         if named and len(named) == 1 and next(iter(named))[0] == value:
             out[field] = (value, next(iter(named))[1])
-        elif len(by_size.get(value, ())) == 1 and next(iter(by_size[value])) != value:
-            out[field] = (value, next(iter(by_size[value])))
+        elif hd and (field.endswith("heads") or field == "n_head") and value * hd in by_size:
+            # whole heads removed: the projections' sizes are (heads x head_dim)
+            new = by_size[value * hd] - {value * hd}  # the hidden size may equal it, kept
+            if len(new) == 1 and next(iter(new)) % hd == 0:
+                out[field] = (value, next(iter(new)) // hd)
+                explained.add(value * hd)
+    for field, value in fields.items():
+        if field in out or value in explained:
+            continue
+        # layers of that size that kept it may be of another kind (q_proj as wide as the
+        # MLP); the proof that follows tells a wrong guess
+        new = by_size.get(value, set()) - {value}
+        if len(new) == 1:
+            out[field] = (value, next(iter(new)))
     return out
 
 

@@ -76,3 +76,24 @@ def check_signature(model: torch.nn.Module, inputs: Inputs) -> None:
     except TypeError as e:
         raise TraceError(f"example_inputs do not match {type(model).__name__}.forward"
                          f"{sig}: {e}") from None
+
+
+def check_calibration(example: Inputs, calibration: Inputs) -> None:
+    """Calibration inputs must be the example inputs' kind: the same inputs, dtypes and
+    sizes but for the batch axis (the traced graph fixes the others)."""
+    ex = [*(("input", i, v) for i, v in enumerate(example.args)),
+          *(("keyword", k, v) for k, v in example.kwargs.items())]
+    cal = [*(("input", i, v) for i, v in enumerate(calibration.args)),
+           *(("keyword", k, v) for k, v in calibration.kwargs.items())]
+    if [(a, b) for a, b, _ in ex] != [(a, b) for a, b, _ in cal]:
+        raise TraceError(f"calibration inputs are {[f'{a} {b}' for a, b, _ in cal]}, but the "
+                         f"model was traced with {[f'{a} {b}' for a, b, _ in ex]}")
+    for (kind, key, e), (_, _, c) in zip(ex, cal):
+        if not isinstance(e, torch.Tensor):
+            continue
+        if not isinstance(c, torch.Tensor):
+            raise TraceError(f"calibration {kind} {key!r} is {type(c).__name__}, not a tensor")
+        if c.dtype != e.dtype or c.ndim != e.ndim or c.shape[1:] != e.shape[1:]:
+            raise TraceError(f"calibration {kind} {key!r} is {c.dtype} {list(c.shape)}; the "
+                             f"model was traced with {e.dtype} {list(e.shape)}: only the "
+                             "batch axis (0) may differ")

@@ -217,6 +217,14 @@ def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
             f"pruned graph (relative error {err:.3g})"
 
     err, why = check()
+    if not err <= TOLERANCE and numbers:
+        # a constant matched a number attribute by value only (8 heads of head_dim 8): the
+        # heads count came from a tensor's shape, and head_dim must stay
+        err2, numbers = _without_coincidences(module, numbers, check)
+        if err2 <= TOLERANCE:
+            err = err2
+            info["updated"] = describe(sizes + numbers) + attention_scale.multihead_attention(
+                module, sizes)
     if not err <= TOLERANCE:  # its forward may scale attention by the pruned head dim
         repairs, undo = attention_scale.fused_qkv(module, sizes)
         if repairs:
@@ -245,6 +253,22 @@ def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
         info["config"] = hf_config.update(module, sizes + numbers,
                                           lambda m: adapter.run(module=m), ref)
     return module, info
+
+
+def _without_coincidences(module: nn.Module, numbers: list[Change], check: Any
+                          ) -> tuple[float, list[Change]]:  # noqa: ANN401
+    """Undo the number attributes set under one name at a time; the first undo after
+    which the module agrees with the graph is kept. Returns the error and what stays set."""
+    for attr in dict.fromkeys(a for _, a, old, new in numbers if old != new):
+        mine = [c for c in numbers if c[1] == attr]
+        for path, _, old, _ in mine:
+            setattr(module.get_submodule(path), attr, old)
+        err, _ = check()
+        if err <= TOLERANCE:
+            return err, [c for c in numbers if c[1] != attr]
+        for path, _, _, new in mine:
+            setattr(module.get_submodule(path), attr, new)
+    return float("inf"), numbers
 
 
 def _scales(adapter: Any) -> str:

@@ -39,18 +39,22 @@ def _export_args(model: torch.nn.Module, inputs: Inputs) -> tuple[Inputs, Any]:
 @contextmanager
 def no_cache(model: torch.nn.Module, notes: list[str]) -> Iterator[None]:
     """Hugging Face models return a KV cache object (DynamicCache) that torch.export cannot
-    flatten; pruning needs no cache, so it is off while tracing and restored after."""
-    config = getattr(model, "config", None)
-    if getattr(config, "use_cache", None) is not True:
+    flatten; pruning needs no cache, so it is off while tracing and restored after. An
+    encoder-decoder's decoder holds a config of its own (T5), so every config is seen to."""
+    configs = {id(c): c for m in model.modules()
+               if getattr(c := getattr(m, "config", None), "use_cache", None) is True}
+    if not configs:
         yield
         return
-    config.use_cache = False
+    for c in configs.values():
+        c.use_cache = False
     notes.append("config.use_cache was turned off for tracing (the KV cache object is not "
                  "a tensor); the returned model has it back on")
     try:
         yield
     finally:
-        config.use_cache = True
+        for c in configs.values():
+            c.use_cache = True
 
 
 def _why(model: torch.nn.Module, e: Exception) -> str:
