@@ -36,41 +36,26 @@ class ChannelStats:
         return np.maximum(self.total_sq / self.count - mean * mean, 0.0)
 
 
-_SINK: dict[str, tuple[int, list[ChannelStats]]] = {}
+_SINK: dict[str, Callable[[torch.Tensor], None]] = {}
 
 
 def _record(x: Any, key: str, index: int) -> None:  # noqa: ANN401
     """Called from inside the instrumented graph."""
-    t = x[index] if index >= 0 else x
-    axis, out = _SINK[key]
-    t = t.detach().float().movedim(axis, -1)
-    t = t.reshape(-1, t.shape[-1])
-    s = ChannelStats(float(t.shape[0]), t.sum(0).double().numpy(),
-                     t.abs().sum(0).double().numpy(), (t * t).sum(0).double().numpy())
-    if out:
-        a = out[0]
-        a.count += s.count
-        a.total += s.total
-        a.total_abs += s.total_abs
-        a.total_sq += s.total_sq
-    else:
-        out.append(s)
+    _SINK[key]((x[index] if index >= 0 else x).detach())
 
 
-def channel_stats(gm: fx.GraphModule, call: Callable[[], Any], wanted: dict[str, int]
-                  ) -> dict[str, ChannelStats]:
-    """Statistics along ``wanted[value]`` (an axis) of each named value (an fx node name,
-    or ``name.i`` for output i of a node with several), from running ``call()``."""
+def record(gm: fx.GraphModule, call: Callable[[], Any],
+           wanted: dict[str, Callable[[torch.Tensor], None]]) -> None:
+    """Run ``call()`` with ``wanted[name](tensor)`` called on each named value as it is
+    computed (an fx node name, or ``name.i`` for output i of a node with several)."""
     graph = gm.graph
     added: list[fx.Node] = []
-    results: dict[str, list[ChannelStats]] = {}
     try:
         for node in list(graph.nodes):
             for name, index in ((node.name, -1), *((f"{node.name}.{i}", i) for i in range(8))):
                 if name not in wanted:
                     continue
-                results[name] = []
-                _SINK[f"{id(gm)}:{name}"] = (wanted[name], results[name])
+                _SINK[f"{id(gm)}:{name}"] = wanted[name]
                 with graph.inserting_after(node):
                     added.append(graph.call_function(
                         _record, (node, f"{id(gm)}:{name}", index)))
@@ -83,4 +68,27 @@ def channel_stats(gm: fx.GraphModule, call: Callable[[], Any], wanted: dict[str,
         gm.recompile()
         for name in wanted:
             _SINK.pop(f"{id(gm)}:{name}", None)
-    return {name: r[0] for name, r in results.items() if r}
+
+
+def channel_stats(gm: fx.GraphModule, call: Callable[[], Any], wanted: dict[str, int]
+                  ) -> dict[str, ChannelStats]:
+    """Statistics along ``wanted[value]`` (an axis) of each named value."""
+    results: dict[str, ChannelStats] = {}
+
+    def accumulate(name: str, axis: int) -> Callable[[torch.Tensor], None]:
+        def add(t: torch.Tensor) -> None:
+            t = t.float().movedim(axis, -1)
+            t = t.reshape(-1, t.shape[-1])
+            s = ChannelStats(float(t.shape[0]), t.sum(0).double().numpy(),
+                             t.abs().sum(0).double().numpy(), (t * t).sum(0).double().numpy())
+            if name in results:
+                a = results[name]
+                a.count += s.count
+                a.total += s.total
+                a.total_abs += s.total_abs
+                a.total_sq += s.total_sq
+            else:
+                results[name] = s
+        return add
+    record(gm, call, {name: accumulate(name, axis) for name, axis in wanted.items()})
+    return results

@@ -129,6 +129,7 @@ class TorchModel(ModelAdapter):
         self.caller = caller  # the caller's model the module shares storage with (not in place)
         self.notes = list(notes or [])  # what tracing did that the record should say
         self.rewrites: list[tuple[str, int, int]] = []  # (module path, old, new) constants
+        self.removed_blocks: list[str] = []  # module paths of residual blocks bypassed
         # attention whose default scale the graph pinned: (module path, old, new head dim)
         self.pinned_scales: list[tuple[str, int, int]] = []
         # constants tracing lifted out of forward (no attribute of the module holds them)
@@ -190,6 +191,7 @@ class TorchModel(ModelAdapter):
         new.gm, new.module = copy.deepcopy((self.gm, self.module))
         new.caller = None  # the copy's tensors are its own
         new.rewrites = list(self.rewrites)
+        new.removed_blocks = list(self.removed_blocks)
         new.pinned_scales = list(self.pinned_scales)
         new.rebuild()
         return new
@@ -232,6 +234,31 @@ class TorchModel(ModelAdapter):
             return channel_stats(self.gm, lambda: self._call(self.gm, inputs), wanted)
         finally:
             self.gm.train(was)
+
+    def watch(self, inputs: Sequence[Any] | None,
+              wanted: dict[str, Callable[[torch.Tensor], None]]) -> None:
+        """Run the graph on ``inputs`` in eval mode, calling ``wanted[value](tensor)`` on
+        each named value as it is computed."""
+        from prunepass.frontends.torch.activations import record
+        self.check_calibration(inputs)
+        was = self.gm.training
+        self.gm.eval()
+        try:
+            record(self.gm, lambda: self._call(self.gm, inputs), wanted)
+        finally:
+            self.gm.train(was)
+
+    def bypass(self, adds: dict[str, int], scopes: list[str]) -> None:
+        """Each named residual add gives its input number ``adds[name]`` (the residual)
+        instead of the sum: the branch it adds is gone, and what only it read. ``scopes``
+        are the modules so emptied (the own class drops them from their ModuleList)."""
+        for name, r in adds.items():
+            fxn = self.fx_nodes[name]
+            fxn.replace_all_uses_with([a for a in fxn.args if isinstance(a, fx.Node)][r])
+            self.gm.graph.erase_node(fxn)
+        self.removed_blocks += scopes
+        self.erase_dead(recompile=False)
+        self._recompile("bypass residual blocks")
 
     def run(self, inputs: Sequence[Any] | None = None,
             module: torch.nn.Module | None = None) -> list[np.ndarray]:

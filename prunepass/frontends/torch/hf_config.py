@@ -48,28 +48,36 @@ def _head_dim(config: Any) -> int | None:
     return None
 
 
+def _frozen(v: Any) -> Any:  # noqa: ANN401
+    return tuple(v) if isinstance(v, list) else v
+
+
 def _guess(config: Any, changes: list[Change]) -> dict[str, tuple[int, int]]:
     """Config fields to change: a field named like a changed number attribute (head_dim),
     a head count whose projections lost whole heads, or a field whose value was a layer
     size that the layers which changed it changed alike."""
     by_size: dict[int, set[int]] = {}
     by_name: dict[str, set[tuple[Any, Any]]] = {}
-    for _, attr, old, new in changes:
-        if attr in SIZES and isinstance(old, int):
+    for path, attr, old, new in changes:
+        if path == "config":  # a field removed blocks set (num_hidden_layers, layer_types)
+            by_name.setdefault(attr, set()).add((_frozen(old), _frozen(new)))
+        elif attr in SIZES and isinstance(old, int):
             by_size.setdefault(old, set()).add(new)
         elif isinstance(old, int) and old != new:
             by_name.setdefault(attr, set()).add((old, new))
+    out: dict[str, tuple[Any, Any]] = {}
+    for field, value in config.to_dict().items():
+        named = by_name.get(field)
+        if named and len(named) == 1 and next(iter(named))[0] == _frozen(value):
+            old, new = next(iter(named))
+            out[field] = (value, list(new) if isinstance(new, tuple) else new)
     fields = {f: v for f, v in config.to_dict().items()
               if isinstance(v, int) and not isinstance(v, bool)
-              and not any(w in f for w in _NOT_SIZES)}
-    out: dict[str, tuple[int, int]] = {}
+              and not any(w in f for w in _NOT_SIZES) and f not in out}
     hd = _head_dim(config)
     explained: set[int] = set()
     for field, value in fields.items():
-        named = by_name.get(field)
-        if named and len(named) == 1 and next(iter(named))[0] == value:
-            out[field] = (value, next(iter(named))[1])
-        elif hd and (field.endswith("heads") or field == "n_head") and value * hd in by_size:
+        if hd and (field.endswith("heads") or field == "n_head") and value * hd in by_size:
             # whole heads removed: the projections' sizes are (heads x head_dim)
             new = by_size[value * hd] - {value * hd}  # the hidden size may equal it, kept
             if len(new) == 1 and next(iter(new)) % hd == 0:

@@ -202,6 +202,12 @@ def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
         return fallback(str(e))
     info["updated"] = describe(sizes + numbers) + attention_scale.multihead_attention(
         module, sizes)
+    if adapter.removed_blocks:
+        dropped = drop_blocks(module, adapter.removed_blocks)
+        if isinstance(dropped, str):
+            return fallback(dropped)
+        info["updated"] += describe(dropped)
+        numbers += dropped
     ref = adapter.run()
 
     def check() -> tuple[float, str]:
@@ -253,6 +259,44 @@ def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
         info["config"] = hf_config.update(module, sizes + numbers,
                                           lambda m: adapter.run(module=m), ref)
     return module, info
+
+
+def drop_blocks(root: nn.Module, scopes: list[str]) -> list[Change] | str:
+    """Take the removed residual blocks out of their ModuleList (or Sequential); number
+    what follows again (``layer_idx``, which a KV cache is indexed by) and set the layer
+    count of a Hugging Face config. Returns the changes, or why it cannot be done."""
+    by_parent: dict[str, list[int]] = {}
+    for scope in scopes:
+        parent, _, idx = scope.rpartition(".")
+        if not idx.isdigit():
+            return f"removed block {scope} is not an entry of a ModuleList"
+        by_parent.setdefault(parent, []).append(int(idx))
+    log: list[Change] = []
+    for parent, gone in by_parent.items():
+        holder = root.get_submodule(parent)
+        if not isinstance(holder, (nn.ModuleList, nn.Sequential)):
+            return f"removed block {parent}.{gone[0]} is in a {type(holder).__name__}, not " \
+                "a ModuleList"
+        old = len(holder)
+        kept = [m for i, m in enumerate(holder) if i not in gone]
+        for i in sorted(gone, reverse=True):
+            del holder[i]
+        for new_idx, m in enumerate(kept):
+            for sub in m.modules():
+                if isinstance(getattr(sub, "layer_idx", None), int) and \
+                        not isinstance(sub.layer_idx, bool):
+                    sub.layer_idx = new_idx
+        log.append((parent, "len", old, len(holder)))
+        # what a config must say (hf_config proves it before setting it)
+        config = getattr(root, "config", None)
+        for field in ("num_hidden_layers", "n_layer", "num_layers"):
+            if getattr(config, field, None) == old:
+                log.append(("config", field, old, len(holder)))
+        types = getattr(config, "layer_types", None)
+        if isinstance(types, list) and len(types) == old:
+            log.append(("config", "layer_types", types,
+                        [t for i, t in enumerate(types) if i not in gone]))
+    return log
 
 
 def _without_coincidences(module: nn.Module, numbers: list[Change], check: Any
