@@ -105,7 +105,9 @@ def test_resnet_blocks_with_identity_shortcuts_only():
 
 
 @pytest.mark.parametrize("pipeline, error, words", [
-    ("remove-blocks", PipelineError, "give count or ratio"),
+    ("remove-blocks", PipelineError, "give count, ratio or scopes"),
+    ("remove-blocks<scopes=[blocks.7]>", PlanError, r"blocks.7 is not a removable residual "
+                                                    r"block of this model \(it has \['blocks.0'"),
     ("remove-blocks<count=4>", PlanError, "4 blocks asked, the model has 3"),
 ])
 def test_bad_requests(pipeline, error, words):

@@ -162,3 +162,19 @@ def test_heads_unit_leaves_models_without_attention_as_they_were():
     a = prunepass.prune(model, (x,), "prune-channels<ratio=0.5,unit=heads>")
     b = prunepass.prune(model, (x,), "prune-channels<ratio=0.5>")
     assert a.record.keep == b.record.keep and a.model[0].out_channels == 8
+
+
+def test_record_of_heads_and_blocks_reapplies_exactly(tmp_path):
+    model = llama(layers=3)
+    calib = (torch.randint(0, 100, (4, 10), generator=torch.Generator().manual_seed(1)),)
+    res = prunepass.prune(model, (IDS,), "remove-blocks<count=1>,prune-channels<ratio=0.5,"
+                          f"unit=heads,importance=wanda,{KEEP_EMBEDDINGS}>,dce",
+                          calibration=calib)
+    res.record.save(tmp_path / "r.json")
+    # no calibration now: the record says which blocks and heads went, nothing is chosen again
+    again = prunepass.apply_record(llama(layers=3), (IDS,), str(tmp_path / "r.json"))
+    assert again.record.step("remove-blocks")["removed"] == \
+        res.record.step("remove-blocks")["removed"]
+    assert len(again.model.model.layers) == 2
+    with torch.no_grad():
+        assert torch.allclose(again.model(IDS).logits, res.model(IDS).logits, atol=1e-6)

@@ -5,6 +5,7 @@ import numpy as np
 
 from prunepass.errors import PipelineError, PlanError
 from prunepass.ir.graph import Graph
+from prunepass.passes.analysis.channel_groups import UNITS
 from prunepass.plan import PrunePlan
 from prunepass.pm import Option, TransformPass, TransformResult, register
 from prunepass.passes.transform.remove_channels import apply_plan
@@ -43,6 +44,16 @@ def removed_from_record(cg, graph: Graph, record: Record) -> np.ndarray:  # noqa
     return removed
 
 
+def _disagreement(cg, graph: Graph, record: Record, removed: np.ndarray) -> str:  # noqa: ANN001
+    for (name, axis), idx in cg.keep_for(removed).items():
+        v = next((s for s in graph.state.values() if s.name == name), None)
+        if v is not None and v.param in record.keep and str(axis) in record.keep[v.param] \
+                and list(idx) != list(record.keep[v.param][str(axis)]):
+            return (f"record and model disagree on {v.param} axis {axis}: the coupled "
+                    "channels differ from those the record kept")
+    return ""
+
+
 @register
 class ApplyRecord(TransformPass):
     """Remove the channels listed in a saved run record (re-apply a pruning)."""
@@ -58,15 +69,14 @@ class ApplyRecord(TransformPass):
             raise PipelineError("pass 'apply-record' needs path=FILE, the record JSON that "
                                 "`prunepass run --report` wrote")
         record = self.record or Record.load(self["path"])
-        cg = am.get("channel-groups")
-        removed = removed_from_record(cg, graph, record)
-        for (name, axis), idx in cg.keep_for(removed).items():
-            v = next((s for s in graph.state.values() if s.name == name), None)
-            if v is not None and v.param in record.keep and \
-                    str(axis) in record.keep[v.param] and \
-                    list(idx) != list(record.keep[v.param][str(axis)]):
-                raise PlanError(f"record and model disagree on {v.param} axis {axis}: the "
-                                "coupled channels differ from those the record kept")
+        for unit in UNITS:  # a record of whole heads is not a set of head_dim channels
+            cg = am.get("channel-groups", unit=unit)
+            removed = removed_from_record(cg, graph, record)
+            disagree = _disagreement(cg, graph, record, removed)
+            if not disagree:
+                break
+        if disagree:
+            raise PlanError(disagree)
         plan = PrunePlan(cg, np.zeros(cg.n_classes), "the record")
         plan.limits.tie_sizes = False
         plan.select(self.text(), lambda finish: (removed, {}))

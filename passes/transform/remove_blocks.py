@@ -122,6 +122,8 @@ class RemoveBlocks(TransformPass):
                check=in_range(0.0, 0.95)),
         Option("ignore", list, [], "module scopes (fnmatch) whose blocks stay, e.g. "
                "[model.layers.0,model.layers.1]"),
+        Option("scopes", list, [], "or: remove exactly these blocks (what a record "
+               "re-applies)"),
     )
 
     def run(self, graph: Graph, am) -> TransformResult:  # noqa: ANN001
@@ -132,14 +134,26 @@ class RemoveBlocks(TransformPass):
                             "blocks yet (use a torch model)")
         blocks = [b for b in residual_blocks(graph)
                   if not matches_any(b.scope, self["ignore"])]
+        if self["scopes"]:
+            return self._apply(am, blocks, np.zeros(len(blocks)), {
+                i for i, b in enumerate(blocks) if b.scope in self["scopes"]})
         n = self["count"] or int(self["ratio"] * len(blocks))
         if not self["count"] and not self["ratio"]:
-            raise PipelineError(f"{self.name}: give count or ratio")
+            raise PipelineError(f"{self.name}: give count, ratio or scopes")
         if n > len(blocks):
             raise PlanError(f"{self.name}: {n} blocks asked, the model has {len(blocks)} "
                             f"removable residual blocks")
         scores = influence(am, blocks) if n else np.zeros(len(blocks))
-        gone = set(np.argsort(scores, kind="stable")[:n].tolist())
+        return self._apply(am, blocks, scores, set(np.argsort(scores, kind="stable")[:n]
+                                                   .tolist()))
+
+    def _apply(self, am, blocks: list[Block], scores: np.ndarray,  # noqa: ANN001
+               gone: set[int]) -> TransformResult:
+        missing = set(self["scopes"]) - {blocks[i].scope for i in gone}
+        if missing:
+            raise PlanError(f"{self.name}: {sorted(missing)[0]} is not a removable residual "
+                            f"block of this model (it has {[b.scope for b in blocks][:4]}...)")
+        n = len(gone)
         am.model.bypass({node.name: r for i in sorted(gone) for node, r in blocks[i].adds},
                         [blocks[i].scope for i in sorted(gone)])
         return TransformResult(PreservedAnalyses.none() if n else PreservedAnalyses.all(), {
