@@ -23,10 +23,11 @@ def test_text_pipeline_equals_python_pipeline():
     assert PassManager(built.pipeline) == built  # printing round-trips
     # named pipelines expand; the pipeline run spells out every option, defaults included
     assert built.pipeline == (
-        "fold-bn,channel-groups,"
-        "score-channels<importance=l1,seed=0,energy-aware=false,profile=x86-epyc>,"
+        "fold-bn,channel-groups<unit=channels>,"
+        "score-channels<importance=l1,seed=0,energy-aware=false,profile=x86-epyc,"
+        "unit=channels>,"
         "limit-channels<ignore=[c2,fc*],exact-only=false,round-to=1,min-channels=1,"
-        "max-ratio=0.9,tie-sizes=true,distributions=false>,"
+        "max-ratio=0.9,tie-sizes=true,distributions=false,uniform-layers=false>,"
         "select-channels<ratio=0.5,scope=local,group-ratios=[]>,remove-channels,dce")
     assert built.given == "fold-bn,channel-groups,prune-channels<importance=l1,ignore=[c2,fc*]>,dce"
 
