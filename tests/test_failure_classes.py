@@ -374,3 +374,52 @@ def test_a_symbolic_product_with_a_channel_count_is_rewritten():
     with torch.no_grad():
         assert torch.allclose(graph_module(x3), res.model(x3), atol=1e-5)
         assert res.model.stem.out_channels == 4
+
+
+def test_mixture_of_experts_neurons_are_pruned_in_every_expert():
+    transformers = __import__("pytest").importorskip("transformers")
+    cfg = transformers.MixtralConfig(vocab_size=100, hidden_size=32, intermediate_size=48,
+                                     num_hidden_layers=1, num_attention_heads=4,
+                                     num_key_value_heads=2, num_local_experts=4,
+                                     num_experts_per_tok=2)
+    torch.manual_seed(0)
+    model = transformers.MixtralForCausalLM(cfg).eval()
+    ids = torch.randint(0, 100, (1, 8))
+    cg = AnalysisManager(prunepass.load(model, (ids,))).get("channel-groups")
+    experts = [g for g in cg.groups if "experts" in g.name]
+    # the experts' intermediate neurons: one group, through the grouped matmul (no barrier)
+    assert [(g.name, g.size, bool(g.prunable.all())) for g in experts] == \
+        [("model.layers.0.mlp.experts.gate_up_proj[1]", 48, True)]
+    assert not cg.barriers
+    res = prunepass.prune(model, (ids,), "prune-channels<ratio=0.5,ignore=[lm_head*,"
+                          "model.embed*]>,dce", check_numerics=True)
+    assert res.record.output["returned"] == "own-class", res.record.output
+    e = res.model.model.layers[0].mlp.experts
+    assert e.gate_up_proj.shape == (4, 48, 32) and e.down_proj.shape == (4, 32, 24)
+    assert res.model(torch.randint(0, 100, (2, 5))).logits.shape == (2, 5, 100)
+
+
+class Recurrent(nn.Module):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, 16)
+        self.rnn = getattr(nn, mode)(16, 12, num_layers=2, batch_first=True,
+                                     bidirectional=True)
+        self.out = nn.Linear(24, 4)
+
+    def forward(self, x):
+        y, _ = self.rnn(torch.relu(self.inp(x)))
+        return self.out(y)
+
+
+def test_recurrent_layers_take_pruned_inputs_and_keep_their_hidden_units():
+    for mode in ("LSTM", "GRU"):
+        torch.manual_seed(0)
+        model, x = Recurrent(mode).eval(), torch.randn(2, 5, 8)
+        cg = AnalysisManager(prunepass.load(model, (x,))).get("channel-groups")
+        assert [(g.name, g.size, int(g.prunable.sum())) for g in cg.groups] == \
+            [("inp.weight[0]", 16, 16), ("out.weight[0]", 4, 0)], mode
+        res = prunepass.prune(model, (x,), "prune-channels<ratio=0.5>", check_numerics=True)
+        assert type(res.model) is Recurrent and res.model.rnn.input_size == 8
+        assert res.model.rnn.hidden_size == 12
+        assert res.model(torch.randn(3, 7, 8)).shape == (3, 7, 4)

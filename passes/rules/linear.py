@@ -101,6 +101,43 @@ def matmul(node: Node, ctx: RuleContext) -> None:
         ctx.broadcast(node.inputs[2], out)
 
 
+@rule(ops.GROUPED_MATMUL)
+def grouped_matmul(node: Node, ctx: RuleContext) -> None:
+    """Tokens sorted by expert times each expert's (K, N) matrix: the experts share K and
+    N, so a channel of K or N is removed from every expert (the 3-D weight keeps one shape);
+    the experts axis is addressed by the routing."""
+    x, w, out = node.inputs[0], node.inputs[1], node.output
+    ctx.link(x, 0, out, 0)
+    ctx.link(x, 1, w, 1)
+    ctx.link(out, 1, w, 2)
+    ctx.pin(w, 0, "experts are chosen by the router")
+    for extra in node.inputs[2:]:
+        ctx.pin_all(extra, "expert offsets")
+    weight = ctx.state_view(w, 2)
+    if weight is not None:
+        ctx.producer(*weight)
+
+
+@rule(ops.RNN)
+def rnn(node: Node, ctx: RuleContext) -> None:
+    """A recurrent layer's input features are its first weights' columns (both directions);
+    its hidden units are carried from step to step inside the op: kept."""
+    x, params = node.inputs[0], node.inputs[1:]
+    per = 4 if node.attrs["biases"] else 2
+    for d in range(2 if node.attrs["bidirectional"] else 1):
+        if d * per < len(params):
+            ctx.link(x, -1, params[d * per], 1)
+    for p in params:
+        for axis in range(p.ndim):
+            if not (axis == 1 and p in params[:per * 2:per]):
+                ctx.pin(p, axis, f"{node.attrs['mode']} hidden units (recurrent state)")
+    for o in node.outputs:
+        ctx.pin(o, o.ndim - 1, f"{node.attrs['mode']} hidden units (recurrent state)")
+    for axis in range(x.ndim - 1):
+        if x.shape[axis] == node.output.shape[axis]:
+            ctx.link(x, axis, node.output, axis)
+
+
 def parse_einsum(eq: str, n: int) -> tuple[list[str], str] | None:
     eq = eq.replace(" ", "")
     if "." in eq:

@@ -8,6 +8,8 @@ CONV = "conv"  # [x, weight, bias?]; groups, stride, padding, dilation, transpos
 LINEAR = "linear"  # [x, weight(out,in), bias?]
 MATMUL = "matmul"  # [a, b]; batched matmul with broadcasting over leading dims
 EINSUM = "einsum"  # [*operands]; equation
+GROUPED_MATMUL = "grouped_matmul"  # [x(S,K), weight(E,K,N), offsets(E)?]: mixture of experts
+RNN = "rnn"  # [x, *params]; mode (lstm|gru|rnn), layers, bidirectional, biases
 ATTENTION = "attention"  # [q, k, v, mask?]; scale (None = 1/sqrt(E))
 EMBEDDING = "embedding"  # [weight(num,dim), indices]
 BATCHNORM = "batchnorm"  # [x, weight?, bias?, running_mean?, running_var?]; eps
@@ -34,7 +36,7 @@ CONSTANT = "constant"  # a tensor baked into the graph
 BARRIER = "barrier"  # an op whose channel semantics are unknown: nothing through it is pruned
 
 ALL = [
-    CONV, LINEAR, MATMUL, EINSUM, ATTENTION, EMBEDDING, BATCHNORM, LAYERNORM, GROUPNORM,
+    CONV, LINEAR, MATMUL, EINSUM, GROUPED_MATMUL, RNN, ATTENTION, EMBEDDING, BATCHNORM, LAYERNORM, GROUPNORM,
     UNARY, BINARY, SOFTMAX, REDUCE, POOL, RESHAPE, PERMUTE, EXPAND, CONCAT, SPLIT, STACK,
     SELECT, SLICE, INDEX, PAD, ROLL, FILL, CONSTANT, BARRIER,
 ]

@@ -132,6 +132,19 @@ def canonicalize(node: fx.Node) -> Canon:
     if name in ("addmm", "baddbmm", "addbmm"):
         return ops.MATMUL, [a["batch1" if "batch1" in a else "mat1"],
                             a["batch2" if "batch2" in a else "mat2"], a["self"]], {"bias": True}
+    if name in ("grouped_mm_fallback", "_grouped_mm", "grouped_mm") and len(node.args) > 1 \
+            and _is_tensor(first) and _is_tensor(node.args[1]) and _rank(first) == 2 \
+            and _rank(node.args[1]) == 3:
+        return ops.GROUPED_MATMUL, _tensors(list(node.args[:3])), {}
+    if name in ("lstm", "gru", "rnn_tanh", "rnn_relu") and isinstance(node.args[2], list):
+        # (input, hx, params, has_biases, num_layers, dropout, train, bidirectional, ...)
+        return ops.RNN, [first, *node.args[2]], {
+            "mode": name.split("_")[0], "biases": bool(node.args[3]),
+            "layers": int(node.args[4]), "bidirectional": bool(node.args[7])}
+    if name in ("topk", "sort", "argsort", "kthvalue") and _is_tensor(first):
+        # values picked or reordered along one axis: that axis is positions, the others
+        # pass through
+        return ops.INDEX, [first], {"axes": [_axis(a.get("dim", -1), _rank(first))]}
     if name == "einsum":
         return ops.EINSUM, list(a["tensors"]), {"equation": a["equation"]}
     if name in ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu"):

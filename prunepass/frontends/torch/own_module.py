@@ -89,6 +89,9 @@ def layer_sizes(root: nn.Module) -> list[Change]:
             if m.k_proj_weight is not None:
                 _set(m, path, "kdim", int(m.k_proj_weight.shape[1]), log)
                 _set(m, path, "vdim", int(m.v_proj_weight.shape[1]), log)
+        elif isinstance(m, nn.RNNBase):
+            _set(m, path, "input_size", int(m.weight_ih_l0.shape[1]), log)
+            m._init_flat_weights()  # it keeps its own list of the (now replaced) tensors
         elif type(m).__name__ == "Conv1D" and w is not None and hasattr(m, "nf"):
             # Hugging Face's GPT-2 Conv1D: weight (in, out)
             _set(m, path, "nf", int(w.shape[1]), log)
