@@ -122,3 +122,28 @@ def test_onnx_models_are_refused_by_name(tmp_path):
     torch.onnx.export(Stack().eval(), (X,), str(path), dynamo=False)
     with pytest.raises(PrunepassError, match="onnx frontend cannot remove blocks"):
         prunepass.prune(str(path), (X.numpy(),), "remove-blocks<count=1>")
+
+
+def test_post_norm_bert_layers_go_whole_and_equal_identity_layers():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3,
+                                  num_attention_heads=4, intermediate_size=64)
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg).eval()
+    ids = torch.randint(0, 64, (2, 12))
+    res = prunepass.prune(model, (ids,), "remove-blocks<count=1>,dce")
+    blocks = res.record.step("remove-blocks")["blocks"]
+    # the layer is the unit, not its attention and MLP residuals (post-norm: LN(x + f(x)))
+    assert [b["scope"] for b in blocks] == [f"encoder.layer.{i}" for i in range(3)]
+    gone = int(res.record.step("remove-blocks")["removed"][0].rsplit(".", 1)[1])
+    assert res.record.output["returned"] == "own-class"
+    assert len(res.model.encoder.layer) == 2 and res.model.config.num_hidden_layers == 2
+
+    class Identity(nn.Module):
+        def forward(self, hidden_states, *args, **kwargs):
+            return hidden_states
+    ref = copy.deepcopy(model)
+    ref.encoder.layer[gone] = Identity()
+    with torch.no_grad():
+        np.testing.assert_allclose(res.model(ids).last_hidden_state.numpy(),
+                                   ref(ids).last_hidden_state.numpy(), atol=1e-5)

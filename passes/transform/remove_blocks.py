@@ -1,12 +1,14 @@
-"""remove-blocks: depth pruning. Whole residual blocks go where they change the residual
+"""remove-blocks: depth pruning. Whole residual layers go where they change the residual
 stream least.
 
-A residual add ``out = r + f(r)`` whose branch ``f`` reads ``r`` is a block; the adds of one
-module (a decoder layer's attention and MLP residuals) are one block. Its score is
-ShortGPT's block influence on the calibration inputs: 1 - the mean cosine similarity
-between the residual stream entering the block and leaving it (per token along the last
-axis, per position along the channel axis of a 4-D map). Removing a block makes each of its
-adds give ``r``: the result equals the model with the block replaced by the identity."""
+A block is an entry of a module list (``model.layers.3``, ``layer1.1``) that holds a residual
+add, reads one tensor shaped like the one it gives back (the stream) and gives back one
+tensor; the outermost such entries are the blocks (a decoder layer, not its sublayers). Its
+score is ShortGPT's block influence on the calibration inputs: 1 - the mean cosine
+similarity between the stream entering the block and leaving it (per token along the last
+axis, per position along the channel axis of a 4-D map). Removing a block hands its input
+to whatever read its output: the result equals the model with the block replaced by the
+identity, pre-norm or post-norm alike."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,16 +26,9 @@ from prunepass.pm.options import at_least, in_range, matches_any
 @dataclass
 class Block:
     scope: str
-    adds: list[tuple[Node, int]]  # each residual add and the input that is the residual
-
-    @property
-    def entry(self) -> Value:
-        node, r = self.adds[0]
-        return node.inputs[r]
-
-    @property
-    def exit(self) -> Value:
-        return self.adds[-1][0].output
+    entry: Value  # the stream going in
+    exit: Value  # the stream coming out
+    last: Node  # the node that makes ``exit``
 
 
 def _reads(branch: Value, residual: Value, made_by: dict[int, Node]) -> bool:
@@ -54,24 +49,45 @@ def _reads(branch: Value, residual: Value, made_by: dict[int, Node]) -> bool:
     return found and layer
 
 
+def _residual_scopes(graph: Graph, made_by: dict[int, Node]) -> set[str]:
+    """Scopes of the adds ``r + f(r)`` whose branch reads ``r`` through a layer."""
+    out = set()
+    for n in graph.nodes:
+        if n.op != ops.BINARY or n.attrs.get("fn") not in ("add", "add_") or \
+                len(n.inputs) != 2 or any(v.kind != "act" for v in n.inputs):
+            continue
+        if any(_reads(n.inputs[1 - r], n.inputs[r], made_by) for r in (0, 1)):
+            out.add(n.scope)
+    return out
+
+
 def residual_blocks(graph: Graph) -> list[Block]:
     made_by = {id(o): n for n in graph.nodes for o in n.outputs}
-    blocks: dict[str, Block] = {}
-    for n in graph.nodes:
-        fn = n.attrs.get("fn")
-        if n.op != ops.BINARY or fn not in ("add", "add_") or len(n.inputs) != 2:
+    residual = _residual_scopes(graph, made_by)
+    entries = sorted({".".join(parts[:k + 1]) for n in graph.nodes
+                      for parts in [n.scope.split(".")] for k in range(len(parts))
+                      if parts[k].isdigit()}, key=lambda s: (s.count("."), s))
+    graph_outputs = {id(v) for v in graph.outputs}
+    blocks: list[Block] = []
+    for scope in entries:
+        if any(scope.startswith(b.scope + ".") for b in blocks):
+            continue  # inside a block already found: the outermost entry is the unit
+        inside = [n for n in graph.nodes if n.scope == scope or n.scope.startswith(scope + ".")]
+        if not any(s == scope or s.startswith(scope + ".") for s in residual):
             continue
-        if any(v.kind != "act" or v.shape != n.output.shape for v in n.inputs):
+        made = {id(o) for n in inside for o in n.outputs}
+        names = {n.name for n in inside}
+        outs = [o for n in inside for o in n.outputs
+                if id(o) in graph_outputs or any(u.name not in names for u in o.users)]
+        if len(outs) != 1 or "." in outs[0].name:
             continue
-        for r in (0, 1):
-            # in place (out += identity): the written tensor must be the branch, read by
-            # nothing else, so that nothing sees it change
-            if fn == "add_" and (r == 0 or len(n.inputs[0].users) != 1):
-                continue
-            if _reads(n.inputs[1 - r], n.inputs[r], made_by):
-                blocks.setdefault(n.scope, Block(n.scope, [])).adds.append((n, r))
-                break
-    return list(blocks.values())
+        streams = {id(v): v for n in inside for v in n.inputs if v.kind in ("act", "input")
+                   and id(v) not in made and v.shape == outs[0].shape}
+        if len(streams) == 1:
+            entry = next(iter(streams.values()))
+            blocks.append(Block(scope, entry, outs[0], made_by[id(outs[0])]))
+    blocks.sort(key=lambda b: graph.nodes.index(b.last))
+    return blocks
 
 
 def influence(am: Any, blocks: list[Block]) -> np.ndarray:  # noqa: ANN401
@@ -154,7 +170,7 @@ class RemoveBlocks(TransformPass):
             raise PlanError(f"{self.name}: {sorted(missing)[0]} is not a removable residual "
                             f"block of this model (it has {[b.scope for b in blocks][:4]}...)")
         n = len(gone)
-        am.model.bypass({node.name: r for i in sorted(gone) for node, r in blocks[i].adds},
+        am.model.bypass({blocks[i].last.name: blocks[i].entry.name for i in sorted(gone)},
                         [blocks[i].scope for i in sorted(gone)])
         return TransformResult(PreservedAnalyses.none() if n else PreservedAnalyses.all(), {
             "blocks": [{"scope": b.scope, "influence": round(float(s), 6),

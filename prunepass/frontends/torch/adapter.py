@@ -248,14 +248,13 @@ class TorchModel(ModelAdapter):
         finally:
             self.gm.train(was)
 
-    def bypass(self, adds: dict[str, int], scopes: list[str]) -> None:
-        """Each named residual add gives its input number ``adds[name]`` (the residual)
-        instead of the sum: the branch it adds is gone, and what only it read. ``scopes``
-        are the modules so emptied (the own class drops them from their ModuleList)."""
-        for name, r in adds.items():
-            fxn = self.fx_nodes[name]
-            fxn.replace_all_uses_with([a for a in fxn.args if isinstance(a, fx.Node)][r])
-            self.gm.graph.erase_node(fxn)
+    def bypass(self, blocks: dict[str, str], scopes: list[str]) -> None:
+        """For each block, ``{node making its output: the value going in}``: whatever read
+        the output reads the input instead, and what only the block computed goes.
+        ``scopes`` are the modules so emptied (the own class drops them from their list)."""
+        by_name = {n.name: n for n in self.gm.graph.nodes}
+        for last, entry in blocks.items():
+            self.fx_nodes[last].replace_all_uses_with(by_name[entry])
         self.removed_blocks += scopes
         self.erase_dead(recompile=False)
         self._recompile("bypass residual blocks")

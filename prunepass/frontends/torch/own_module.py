@@ -248,8 +248,10 @@ def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
         return fallback(why + _missing(missing) + _scales(adapter))
     graph_state = {n for n, _ in list(adapter.gm.named_parameters())
                    + list(adapter.gm.named_buffers())}
-    unread = [n for n, _ in module.named_parameters() if n not in graph_state
-              and ".parametrizations." not in n]
+    # (after removed blocks the module's list indices no longer match the graph's names)
+    unread = [] if adapter.removed_blocks else [
+        n for n, _ in module.named_parameters() if n not in graph_state
+        and ".parametrizations." not in n]
     if unread:  # dead-code elimination cannot remove what the class's Python code computes
         info["notes"].append(
             f"{type(module).__name__}.forward() still computes what the pruned graph dropped "
