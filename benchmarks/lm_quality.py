@@ -64,6 +64,8 @@ class Task:
     calib_labels: Any
     layers: Any  # the ModuleList of blocks
     config: str
+    recovery_lr: float = 5e-4
+    recovery_batch: int = 8
 
 
 def train(model: Any, task: Task, steps: int | None, minutes: float | None, lr: float,  # noqa: ANN401
@@ -207,7 +209,8 @@ def encoder_task(minutes: float, quick: bool) -> Task:
     task = Task("encoder", "accuracy", True, model, {}, None, None,
                 "ignore=[classifier*,bert.embeddings*,bert.pooler*]", counting, loss, quality,
                 None, model.bert.encoder.layer,
-                f"BertConfig(vocab 64, hidden 128, intermediate 512, {layers} layers, 8 heads)")
+                f"BertConfig(vocab 64, hidden 128, intermediate 512, {layers} layers, 8 heads)",
+                recovery_lr=1e-4, recovery_batch=32)
     task.meta = cached_training(model, f"enc{cfg.to_json_string()}{minutes}",
                                 lambda: _fit(task, minutes, lr=5e-4, batch=64))
     task.meta.update(data="generated: is token 1 or token 2 more frequent in 48 random "
@@ -337,7 +340,8 @@ def compare(task: Task, args: argparse.Namespace) -> list[dict]:
     rows = [{"method": "dense", "what": "the trained model", "target": 0.0, "params": dense,
              "removed": 0.0, q: task.quality(task.model)}]
     again = copy.deepcopy(task.model)
-    train(again, task, args.recovery_steps, None, lr=args.recovery_lr, seed=1, batch=8)
+    lr, batch = args.recovery_lr or task.recovery_lr, task.recovery_batch
+    train(again, task, args.recovery_steps, None, lr=lr, seed=1, batch=batch)
     rows[0][f"{q}_recovered"] = task.quality(again)
     print(f"dense: {dense} parameters, {task.meta}, {q} {rows[0][q]:.3f} (after the "
           f"recovery steps too: {rows[0][q + '_recovered']:.3f})", flush=True)
@@ -375,8 +379,7 @@ def compare(task: Task, args: argparse.Namespace) -> list[dict]:
             row = {"method": name, "what": what, "target": target, "setting": setting,
                    "params": n_params(pruned), "removed": 1 - n_params(pruned) / dense,
                    q: task.quality(pruned)}
-            train(pruned, task, args.recovery_steps, None, lr=args.recovery_lr, seed=1,
-                  batch=8)
+            train(pruned, task, args.recovery_steps, None, lr=lr, seed=1, batch=batch)
             row[f"{q}_recovered"] = task.quality(pruned)
             row["seconds"] = round(time.time() - t0, 1)
             rows.append(row)
@@ -397,7 +400,8 @@ def main() -> None:
     ap.add_argument("--train-minutes", type=float, default=None,
                     help="training time of the dense model (default: lm 15, encoder 6)")
     ap.add_argument("--recovery-steps", type=int, default=40)
-    ap.add_argument("--recovery-lr", type=float, default=5e-4)
+    ap.add_argument("--recovery-lr", type=float, default=None,
+                    help="default: lm 5e-4 (batch 8), encoder 1e-4 (batch 32)")
     ap.add_argument("--targets", default="0.2,0.5", help="shares of parameters removed")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--rounds", type=int, default=7, help="latency rounds")
@@ -415,7 +419,8 @@ def main() -> None:
     out = {"command": command, "task": args.task, "quality": q,
            "higher_is_better": task.higher_is_better,
            "model": {"config": task.config, "params": rows[0]["params"], **task.meta},
-           "recovery": {"steps": args.recovery_steps, "batch": 8, "lr": args.recovery_lr},
+           "recovery": {"steps": args.recovery_steps, "batch": task.recovery_batch,
+                        "lr": args.recovery_lr or task.recovery_lr},
            "latency": "torch, 2 threads, forward of one 128-token sequence (encoder: 48) / "
                       f"its length, measured; {args.rounds} alternating rounds, median and "
                       "max-min spread", "rows": rows}

@@ -160,3 +160,15 @@ def test_cli_calibration_file(tmp_path, capsys):
                  "-p", "prune-channels<ratio=0.5,importance=wanda>", "--calibration",
                  str(pt)]) != 0
     assert "only the batch axis (0) may differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("criterion", ["activation", "wanda", "flap"])
+def test_onnx_activation_scores_equal_torch(tmp_path, criterion):
+    m = seeded()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(m, (X,), str(path), dynamo=False, input_names=["x"])
+    ad = prunepass.load(str(path), (X.numpy(),))
+    am = AnalysisManager(ad, calibration=(X.numpy(),))
+    s = am.get("importance", criterion=criterion)
+    got = s[am.get("channel-groups").classes_of(ad.graph.state["fc1.weight"].name, 0)]
+    np.testing.assert_allclose(got, scores(m, criterion, (X,)), rtol=1e-5, atol=1e-12)

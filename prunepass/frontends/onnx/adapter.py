@@ -185,6 +185,27 @@ class OnnxModel(ModelAdapter):
         raise PlanError("gradient-based importance (taylor) needs a differentiable model; "
                         "onnxruntime gives none here: use importance=l1, l2 or bn-scale")
 
+    def activation_stats(self, inputs: Sequence[Any] | None, wanted: dict[str, int]
+                         ) -> dict[str, Any]:
+        """Per-channel sums of the named tensors along the given axes: the tensors become
+        graph outputs for one onnxruntime run."""
+        from prunepass.frontends.stats import ChannelStats
+        values = {v.name: v for v in self.graph.values()}
+        names = [n for n in wanted if n in values]
+        outputs = self.model.graph.output
+        before, existing = len(outputs), {o.name for o in outputs}
+        for n in names:
+            if n in existing:
+                continue
+            elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(values[n].dtype))
+            outputs.append(onnx.helper.make_tensor_value_info(n, elem, None))
+        try:
+            session = Session(self.model)
+        finally:
+            del outputs[before:]
+        arrays = session.run(inputs if inputs is not None else self._inputs, names)
+        return {n: ChannelStats.of(a, wanted[n]) for n, a in zip(names, arrays)}
+
     def run(self, inputs: Sequence[Any] | None = None) -> list[np.ndarray]:
         if self._session is None:
             self._session = Session(self.model)

@@ -6,34 +6,12 @@ are taken out again: the model's own calling convention (keyword inputs, pytrees
 as is, and only sums per channel are held, never the activations themselves."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.fx as fx
 
-
-@dataclass
-class ChannelStats:
-    """Sums over every element of a channel: count, sum, sum of |x|, sum of x^2."""
-    count: float
-    total: np.ndarray
-    total_abs: np.ndarray
-    total_sq: np.ndarray
-
-    @property
-    def mean_abs(self) -> np.ndarray:
-        return self.total_abs / self.count
-
-    @property
-    def norm(self) -> np.ndarray:
-        return np.sqrt(self.total_sq)
-
-    @property
-    def variance(self) -> np.ndarray:
-        mean = self.total / self.count
-        return np.maximum(self.total_sq / self.count - mean * mean, 0.0)
+from prunepass.frontends.stats import ChannelStats
 
 
 _SINK: dict[str, Callable[[torch.Tensor], None]] = {}
@@ -81,14 +59,7 @@ def channel_stats(gm: fx.GraphModule, call: Callable[[], Any], wanted: dict[str,
             t = t.reshape(-1, t.shape[-1])
             s = ChannelStats(float(t.shape[0]), t.sum(0).double().numpy(),
                              t.abs().sum(0).double().numpy(), (t * t).sum(0).double().numpy())
-            if name in results:
-                a = results[name]
-                a.count += s.count
-                a.total += s.total
-                a.total_abs += s.total_abs
-                a.total_sq += s.total_sq
-            else:
-                results[name] = s
+            results[name] = results[name] + s if name in results else s
         return add
     record(gm, call, {name: accumulate(name, axis) for name, axis in wanted.items()})
     return results
