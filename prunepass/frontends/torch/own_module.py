@@ -205,12 +205,13 @@ def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
         return fallback(str(e))
     info["updated"] = describe(sizes + numbers) + attention_scale.multihead_attention(
         module, sizes)
+    dropped: list[Change] = []
     if adapter.removed_blocks:
-        dropped = drop_blocks(module, adapter.removed_blocks)
-        if isinstance(dropped, str):
-            return fallback(dropped)
+        result = drop_blocks(module, adapter.removed_blocks)
+        if isinstance(result, str):
+            return fallback(result)
+        dropped = result
         info["updated"] += describe(dropped)
-        numbers += dropped
     ref = adapter.run()
 
     def check() -> tuple[float, str]:
@@ -233,7 +234,7 @@ def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
         if err2 <= TOLERANCE:
             err = err2
             info["updated"] = describe(sizes + numbers) + attention_scale.multihead_attention(
-                module, sizes)
+                module, sizes) + describe(dropped)
     if not err <= TOLERANCE:  # its forward may scale attention by the pruned head dim
         repairs, undo = attention_scale.fused_qkv(module, sizes)
         if repairs:
@@ -261,7 +262,7 @@ def own_module(adapter: Any) -> tuple[nn.Module, dict[str, Any]]:
         _unshare(module, adapter.caller)
     info["returned"] = "own-class"
     if hf_config.is_hf(module):
-        info["config"] = hf_config.update(module, sizes + numbers,
+        info["config"] = hf_config.update(module, sizes + numbers + dropped,
                                           lambda m: adapter.run(module=m), ref)
     return module, info
 
