@@ -85,6 +85,13 @@ def test_llama_layers_removed_equal_identity_layers_and_the_config_follows():
         ref.model.layers[int(scope.rsplit(".", 1)[1])] = Identity()
     with torch.no_grad():
         assert torch.allclose(res.model(ids).logits, ref(ids).logits, atol=1e-6)
+    # consecutive blocks: the second one's input is the first one's
+    two = prunepass.prune(model, (ids,), "remove-blocks<scopes=[model.layers.1,"
+                          "model.layers.2]>,dce")
+    ref = copy.deepcopy(model)
+    ref.model.layers[1], ref.model.layers[2] = Identity(), Identity()
+    with torch.no_grad():
+        assert torch.allclose(two.model(ids).logits, ref(ids).logits, atol=1e-6)
     # the KV cache is indexed by the renumbered layers
     assert [layer.self_attn.layer_idx for layer in res.model.model.layers] == [0, 1]
     assert res.model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 13)

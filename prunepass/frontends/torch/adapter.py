@@ -254,6 +254,8 @@ class TorchModel(ModelAdapter):
         ``scopes`` are the modules so emptied (the own class drops them from their list)."""
         by_name = {n.name: n for n in self.gm.graph.nodes}
         for last, entry in blocks.items():
+            while entry in blocks:  # consecutive blocks: the first one's input
+                entry = blocks[entry]
             self.fx_nodes[last].replace_all_uses_with(by_name[entry])
         self.removed_blocks += scopes
         self.erase_dead(recompile=False)
