@@ -5,9 +5,10 @@ fine-tune, parameters, and latency per token, for each way of pruning.
 from a transformers config, about 6 M parameters) trained here, byte by byte, on the source
 of the Python standard library of this machine (every 10th file held out); quality is the
 held-out perplexity (lower is better).
---task encoder: a BERT-style encoder (4 layers) trained here to tell whether token 1 or
-token 2 occurs more often in a random sequence (generated; held-out set of 4096); quality
-is the held-out accuracy in % (higher is better).
+--task encoder: a BERT-style encoder (4 layers) trained here on a generated task: in 48
+random tokens, is (token 1 more frequent than token 2) XOR (token 3 more frequent than
+token 4), each pair's counts one apart; quality is the accuracy in % on 4096 held-out
+sequences (higher is better).
 
 Trained weights are cached under ~/.cache/prunepass/lm_quality. Each method is pruned to
 the same share of all parameters removed (the ratio is bisected to within 1%, depth to the
@@ -172,19 +173,25 @@ def _fit(task: Task, minutes: float, lr: float, batch: int) -> dict:
 
 # -- the encoder --------------------------------------------------------------------------
 def counting(rng: np.random.Generator, n: int, length: int = 48) -> tuple[Any, Any]:
-    """Random tokens 3..63 with token 1 and token 2 sprinkled in unequal numbers; the label
-    says which is more frequent."""
-    x = rng.integers(3, 64, (n, length))
-    a = rng.integers(1, 9, n)
-    b = np.where(rng.random(n) < 0.5, a + rng.integers(1, 4, n), a - rng.integers(1, 4, n))
-    b = np.clip(b, 0, None)
-    b = np.where(b == a, a + 1, b)
+    """Random tokens 5..63 with tokens 1, 2, 3 and 4 sprinkled in; each pair's counts
+    differ by one. The label: (more 1s than 2s) XOR (more 3s than 4s), so the model must
+    compare two pairs of counts."""
+    x = rng.integers(5, 64, (n, length))
+    counts = rng.integers(1, 7, (n, 2))
+    more = rng.random((n, 2)) < 0.5
+    labels = np.zeros(n, np.int64)
     for i in range(n):
-        pos = rng.permutation(length - 1)[:a[i] + b[i]] + 1
-        x[i, pos[:a[i]]] = 1
-        x[i, pos[a[i]:]] = 2
+        pos = rng.permutation(length - 1) + 1
+        k = 0
+        for pair in (0, 1):
+            c = counts[i, pair]
+            a, b = (c + 1, c) if more[i, pair] else (c, c + 1)
+            x[i, pos[k:k + a]] = 1 + 2 * pair
+            x[i, pos[k + a:k + a + b]] = 2 + 2 * pair
+            k += a + b
+        labels[i] = int(more[i, 0] != more[i, 1])
     x[:, 0] = 0  # the class token
-    return torch.from_numpy(x), torch.from_numpy((a > b).astype(np.int64))
+    return torch.from_numpy(x), torch.from_numpy(labels)
 
 
 def encoder_task(minutes: float, quick: bool) -> Task:
@@ -211,10 +218,10 @@ def encoder_task(minutes: float, quick: bool) -> Task:
                 None, model.bert.encoder.layer,
                 f"BertConfig(vocab 64, hidden 128, intermediate 512, {layers} layers, 8 heads)",
                 recovery_lr=1e-4, recovery_batch=32)
-    task.meta = cached_training(model, f"enc{cfg.to_json_string()}{minutes}",
+    task.meta = cached_training(model, f"enc-xor{cfg.to_json_string()}{minutes}",
                                 lambda: _fit(task, minutes, lr=5e-4, batch=64))
-    task.meta.update(data="generated: is token 1 or token 2 more frequent in 48 random "
-                          "tokens; 4096 held out")
+    task.meta.update(data="generated: (more 1s than 2s) XOR (more 3s than 4s) in 48 tokens, "
+                          "each pair's counts one apart; 4096 held out")
     x, y = counting(np.random.default_rng(7), 64)
     task.calib, task.calib_labels, task.example = x, y, x[:1]
     return task
@@ -425,7 +432,7 @@ def main() -> None:
                       f"its length, measured; {args.rounds} alternating rounds, median and "
                       "max-min spread", "rows": rows}
     if not args.quick:
-        print(f"written {write_json(f'{args.task}_quality', out)}")
+        print(f"written {write_json(f'{args.task}_quality.json', out)}")
     for r in rows:
         if "failed" in r:
             print(f"{r['method']:16s} {r['target']:4.0%} failed: {r['failed']}")
