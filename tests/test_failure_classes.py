@@ -423,3 +423,39 @@ def test_recurrent_layers_take_pruned_inputs_and_keep_their_hidden_units():
         assert type(res.model) is Recurrent and res.model.rnn.input_size == 8
         assert res.model.rnn.hidden_size == 12
         assert res.model(torch.randn(3, 7, 8)).shape == (3, 7, 4)
+
+
+class ChannelsLast(nn.Module):
+    """x.permute(0, 2, 3, 1) -> LayerNorm / Linear -> permute back, with a per-channel scale
+    and bias broadcast against the permuted tensor and a (C, 1, 1) layer scale after."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.fc1 = nn.Linear(c, 4 * c)
+        self.fc2 = nn.Linear(4 * c, c)
+        self.scale = nn.Parameter(torch.randn(c))
+        self.shift = nn.Parameter(torch.randn(1, 1, 1, c))
+        self.gamma = nn.Parameter(torch.randn(c, 1, 1))
+        self.head = nn.Conv2d(c, 4, 1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(y))))
+        y = (y * self.scale + self.shift).permute(0, 3, 1, 2)
+        return self.head(x + self.gamma * y)
+
+
+def test_channels_last_blocks_with_broadcast_scales_prune_and_verify():
+    torch.manual_seed(0)
+    # 16 channels on an 16x16 map: a broadcast that took spatial axes for channels would
+    # find equal sizes and pass unnoticed before pruning
+    model, x = ChannelsLast().eval(), torch.randn(2, 3, 16, 16)
+    res = prunepass.prune(model, (x,), "prune-channels<ratio=0.5>,dce", check_numerics=True)
+    assert res.record.output["returned"] == "own-class"
+    assert res.model.fc1.out_features == 32 and res.model.conv.out_channels == 8
+    assert res.model.scale.shape == (8,) and res.model.gamma.shape == (8, 1, 1)
+    assert res.model(torch.randn(1, 3, 24, 24)).shape == (1, 4, 24, 24)
