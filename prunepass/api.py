@@ -119,8 +119,11 @@ def apply_record(model: Any, example_inputs: Sequence[Any] | Any, record: Record
         model = load(model, example_inputs, in_place=in_place)
     rec.check_model(model.graph, model.frontend)
     passes, applied = [], False
-    blocks = iter([p.get("changes", {}).get("removed", []) for p in rec.passes
-                   if p["pass"] == "remove-blocks"])
+    # the blocks each remove-blocks removed (a damaged record gives none: the pass then
+    # names what is missing)
+    blocks = iter([(p.get("changes") or {}).get("removed") or [] for p in rec.passes
+                   if isinstance(p, dict) and p.get("pass") == "remove-blocks"
+                   and isinstance(p.get("changes") or {}, dict)])
     for p in parse_pipeline(rec.pipeline):  # named pipelines come back expanded
         if p.name == "remove-blocks":  # the blocks it removed, not a new choice
             passes.append(type(p)(scopes=next(blocks, [])) if p["count"] or p["ratio"] else p)

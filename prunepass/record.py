@@ -76,8 +76,8 @@ class Record:
         """The changes of the last pass named ``name`` (remove-channels: the plan applied,
         its groups, budget search and hw-check)."""
         for p in reversed(self.passes):
-            if p["pass"] == name:
-                return p.get("changes", {})
+            if isinstance(p, dict) and p.get("pass") == name:
+                return p.get("changes") or {}
         raise KeyError(f"no pass {name!r} in this record ({self.pipeline})")
 
     @property
