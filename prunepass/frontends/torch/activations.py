@@ -48,9 +48,10 @@ def record(gm: fx.GraphModule, call: Callable[[], Any],
             _SINK.pop(f"{id(gm)}:{name}", None)
 
 
-def channel_stats(gm: fx.GraphModule, call: Callable[[], Any], wanted: dict[str, int]
-                  ) -> dict[str, ChannelStats]:
-    """Statistics along ``wanted[value]`` (an axis) of each named value."""
+def channel_stats(watch: Callable[[dict[str, Callable[[torch.Tensor], None]]], None],
+                  wanted: dict[str, int]) -> dict[str, ChannelStats]:
+    """Statistics along ``wanted[value]`` (an axis) of each named value, from one run of
+    ``watch`` (the adapter's: it calls each callback on its value)."""
     results: dict[str, ChannelStats] = {}
 
     def accumulate(name: str, axis: int) -> Callable[[torch.Tensor], None]:
@@ -61,5 +62,5 @@ def channel_stats(gm: fx.GraphModule, call: Callable[[], Any], wanted: dict[str,
                              t.abs().sum(0).double().numpy(), (t * t).sum(0).double().numpy())
             results[name] = results[name] + s if name in results else s
         return add
-    record(gm, call, {name: accumulate(name, axis) for name, axis in wanted.items()})
+    watch({name: accumulate(name, axis) for name, axis in wanted.items()})
     return results

@@ -227,13 +227,7 @@ class TorchModel(ModelAdapter):
         """Per-channel sums (ChannelStats) of the named values along the given axes, on
         ``inputs`` (default: the example inputs), in eval mode."""
         from prunepass.frontends.torch.activations import channel_stats
-        self.check_calibration(inputs)
-        was = self.gm.training
-        self.gm.eval()
-        try:
-            return channel_stats(self.gm, lambda: self._call(self.gm, inputs), wanted)
-        finally:
-            self.gm.train(was)
+        return channel_stats(lambda callbacks: self.watch(inputs, callbacks), wanted)
 
     def watch(self, inputs: Sequence[Any] | None,
               wanted: dict[str, Callable[[torch.Tensor], None]]) -> None:
