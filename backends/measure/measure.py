@@ -67,7 +67,9 @@ def runner(backend: str, model: Any, inputs: Sequence[Any], *, threads: int | No
         threads: intra-op.
     "tvm": a torch module or ONNX path, compiled first; options are those of
         prunepass.backends.tvm.compile_model (target, trials, max_trials_per_task, database,
-        rpc, route); threads comes from TVM_NUM_THREADS, read when TVM starts."""
+        rpc, route); threads comes from TVM_NUM_THREADS, read when TVM starts. A
+        CompiledModel or LoadedModel is used as it is (no options). On a CUDA device each
+        sample ends with a device synchronisation, as torch's CUDA runner does."""
     if backend == "torch":
         return _torch_runner(model, inputs, threads)
     if backend == "ort":
@@ -114,15 +116,24 @@ def _ort_runner(model: Any, inputs: Sequence[Any], threads: int | None) -> Runne
 
 def _tvm_runner(model: Any, inputs: Sequence[Any], out_dir: str | Path | None = None,
                 **options: Any) -> Runner:
-    from prunepass.backends.tvm.compile import compile_model
+    from prunepass.backends.tvm.compile import CompiledModel, compile_model
+    from prunepass.backends.tvm.runtime import LoadedModel
     tmp = None
-    if out_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="prunepass-tvm-")
-        out_dir = tmp.name
-    tuning = options.get("trials", 0) > 0 or bool(options.get("max_trials_per_task"))
-    compiled = compile_model(model, tuple(inputs), out_dir=out_dir,
-                             progress=options.pop("progress", tuning), **options)
-    loaded = compiled.load()
+    if isinstance(model, LoadedModel):
+        loaded = model
+    else:
+        if isinstance(model, CompiledModel):
+            compiled = model
+        else:
+            if out_dir is None:
+                tmp = tempfile.TemporaryDirectory(prefix="prunepass-tvm-")
+                out_dir = tmp.name
+            tuning = options.get("trials", 0) > 0 or bool(options.get("max_trials_per_task"))
+            compiled = compile_model(model, tuple(inputs), out_dir=out_dir,
+                                     progress=options.pop("progress", tuning), **options)
+        loaded = compiled.load()
     args = loaded.to_device(inputs)
     main = loaded.vm["main"]
-    return Runner(lambda: main(*args), str(loaded.device), keep=(tmp, loaded))
+    # the VM returns once the kernels are queued: on a GPU the clock must wait for them
+    sync = loaded.device.sync if str(loaded.device).startswith("cuda") else None
+    return Runner(lambda: main(*args), str(loaded.device), sync, keep=(tmp, loaded))
