@@ -56,6 +56,7 @@ import prunepass  # noqa: E402
 from prunepass.backends.measure.alternate import Spread, alternate, speedup  # noqa: E402
 from prunepass.backends.measure.measure import runner  # noqa: E402
 from prunepass.backends.measure.torch_export import export_onnx  # noqa: E402
+from prunepass.backends.tvm.targets import resolve_target  # noqa: E402
 from prunepass.hardware.calibrate import features  # noqa: E402
 from prunepass.passes.analysis.cost import compute_cost  # noqa: E402
 
@@ -132,8 +133,12 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     for backend in backends:
         runners = {}
         if backend == "tvm-tuned":
-            tune_together([v["module"] for v in variants.values()], x, tmp / "tvm-db",
-                          args.trials_per_task)
+            report = tune_together([v["module"] for v in variants.values()], x, tmp / "tvm-db",
+                                   args.trials_per_task, args.tune_minutes, args.layout)
+            row["tvm_tuning"] = {"minutes_budget": args.tune_minutes,
+                                 "seconds": report.seconds, "kernels": len(report.tasks),
+                                 "measured": report.measured, "layout": args.layout,
+                                 "notes": report.notes}
         for key, v in variants.items():
             if backend == "torch":
                 runners[key] = runner("torch", v["module"], (x,), threads=args.threads)
@@ -141,11 +146,11 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
                 runners[key] = runner("ort", v["onnx" if backend == "ort" else "onnx_route"],
                                       (x,), threads=args.threads)
             else:
-                trials = args.trials_per_task if backend == "tvm-tuned" else 0
+                tuned = backend == "tvm-tuned"  # already tuned: the database only applies
                 runners[key] = runner(
-                    "tvm", v["module"], (x,), out_dir=tmp / f"tvm-{key}",
-                    max_trials_per_task=trials or None, progress=bool(trials),
-                    database=(tmp / "tvm-db") if trials else None)
+                    "tvm", v["module"], (x,), out_dir=tmp / f"tvm-{key}", progress=False,
+                    target=resolve_target("x86", layout=args.layout),
+                    database=(tmp / "tvm-db") if tuned else None)
         slow = backend == "tvm"
         rounds = alternate(runners, rounds=2 if slow else args.rounds,
                            repeats=1 if slow else args.repeats, number=1, warmup=1 if slow else 3)
@@ -161,19 +166,26 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
 
 
 def tune_together(modules: list[torch.nn.Module], x: torch.Tensor, database: Path,
-                  trials: int) -> None:
-    """Tune every kernel of ``modules`` with ``trials`` trials in one MetaSchedule call into
-    the fresh ``database``, carrying in the layer-timing database's cost model."""
-    from prunepass.backends.tvm import lower_model, prepare, resolve_target, tune_model
+                  trials: int, minutes: float | None, layout: str):  # noqa: ANN201
+    """Tune every kernel of ``modules`` in one MetaSchedule call into the fresh
+    ``database`` (``trials`` per kernel, or ``minutes`` for all of them), carrying in the
+    layer-timing database's cost model. Returns the TuneReport."""
+    from prunepass.backends.tvm import lower_model, prepare, tune_model
     model = cost_model_file()
     if model is not None:
         seed_cost_model(database, model)
-    spec = resolve_target("x86")
+    spec = resolve_target("x86", layout=layout)
     mods = [prepare(lower_model(m, (x,)).mod, spec) for m in modules]
     t0 = time.perf_counter()
-    _, report = tune_model(mods, spec, database, trials=0, max_trials_per_task=trials)
+    if minutes:
+        _, report = tune_model(mods, spec, database, minutes=minutes)
+    else:
+        _, report = tune_model(mods, spec, database, trials=0, max_trials_per_task=trials)
     print(f"tuned {report.summary()} in {time.perf_counter() - t0:.0f} s, cost model "
           f"{'carried from ' + str(model) if model else 'fresh'}", flush=True)
+    for note in report.notes:
+        print(f"  {note}", flush=True)
+    return report
 
 
 def print_table(rows: list[dict], backends: list[str]) -> None:
@@ -213,6 +225,15 @@ def summary(rows: list[dict], backends: list[str]) -> dict:
             out[f"{b}/{kind}"] = {"median_efficiency": float(np.median(effs)),
                                   "min_speedup": float(min(ups)),
                                   "slower": sum(u < 1.0 for u in ups), "n": len(cells)}
+    if "tvm-tuned" in backends and "ort" in backends:
+        ratios = {r["model"]: {k: v["tvm-tuned"]["latency_ms"]["median"]
+                               / v["ort"]["latency_ms"]["median"]
+                               for k, v in r["variants"].items() if "tvm-tuned" in v and "ort" in v}
+                  for r in rows}
+        flat = [x for per in ratios.values() for x in per.values()]
+        if flat:
+            out["tvm-tuned/ort"] = {"latency_ratio": ratios, "median": float(np.median(flat)),
+                                    "max": float(max(flat)), "n": len(flat)}
     return out
 
 
@@ -250,6 +271,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--trials-per-task", type=int, default=16, help="tvm-tuned budget")
+    ap.add_argument("--tune-minutes", type=float, help="tvm-tuned: a wall-clock budget per "
+                    "model (all its variants tuned together) instead of --trials-per-task")
+    ap.add_argument("--layout", default="auto", help="tvm: convolution layout (auto, nchw, "
+                    "nhwc, nchwc)")
     ap.add_argument("--out", default="speed.json")
     ap.add_argument("--into", help="a previous result (under benchmarks/results) whose rows "
                     "for the models measured now are replaced; the rest are kept, each "
@@ -273,9 +298,17 @@ def main() -> None:
         write_json(args.out, {"machine": platform.machine(), "threads": args.threads,
                               "backends": backends, "rows": rows,
                               "summary": summary(rows, backends),
-                              "trials_per_task": args.trials_per_task})
+                              "trials_per_task": args.trials_per_task,
+                              "tune_minutes": args.tune_minutes, "layout": args.layout})
     print_table(rows, backends)
     for k, s in summary(rows, backends).items():
+        if k == "tvm-tuned/ort":
+            for model, per in s["latency_ratio"].items():
+                print(f"TVM / onnxruntime latency, {model}: " + ", ".join(
+                    f"{variant} {ratio:.2f}" for variant, ratio in per.items()))
+            print(f"TVM / onnxruntime: median {s['median']:.2f}, max {s['max']:.2f} "
+                  f"over {s['n']} models x variants")
+            continue
         print(f"{k:18} median efficiency {s['median_efficiency']:.2f}, min speedup "
               f"{s['min_speedup']:.2f}x, {s['slower']}/{s['n']} slower than dense")
     png = RESULTS / Path(args.out).with_suffix(".png").name

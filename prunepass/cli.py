@@ -311,18 +311,35 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from prunepass.backends.tvm import compile_model
     rpc = _rpc(args)
     check_outputs({"-o": (args.output, (), True)}, [args.model])
+    from prunepass.backends.tvm import resolve_target
+    target = resolve_target(args.target, layout=args.layout, library=args.library)
     model, pruned, inputs = _pruned(args)
-    compiled = compile_model(pruned if pruned is not None else model, inputs, args.target,
-                             args.output, trials=args.trials, database=args.database,
-                             name=args.name, progress=not args.quiet, rpc=rpc)
+    compiled = compile_model(pruned if pruned is not None else model, inputs, target,
+                             args.output, trials=args.trials, minutes=args.tune_minutes,
+                             database=args.database, name=args.name,
+                             progress=not args.quiet, rpc=rpc)
     print(f"{args.target}: library {compiled.library} (metadata {compiled.metadata})")
-    if not args.trials:
+    if compiled.layout is not None:
+        print(f"  {compiled.layout.summary()}")
+        for kept in compiled.layout.kept:
+            print(f"    kept in NCHW: {kept}")
+    if compiled.offload is not None:
+        files = ", ".join(p.name for p in compiled.library_files) or "nothing"
+        print(f"  library kernels ({args.library}): {compiled.offload.summary()}; "
+              f"ship {files} beside the library")
+        for line in compiled.offload.offloaded:
+            print(f"    offloaded: {line}")
+        for line in compiled.offload.kept:
+            print(f"    kept in TVM: {line}")
+    if not args.trials and not args.tune_minutes:
         print("  untuned: TVM's default schedules (plain loops on a CPU, slow); pass "
-              "--trials N to tune")
+              "--tune-minutes M (or --trials N) to tune")
     for p in compiled.device_code:
         print(f"  device code {p}")
     if compiled.tuning is not None:
-        print(f"  tuning: {compiled.tuning}")
+        print(f"  tuning: {compiled.tuning.summary()}")
+        for note in compiled.tuning.notes:
+            print(f"    {note}")
     return 0
 
 
@@ -468,6 +485,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo(quick=args.quick)
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def _at_least(lo: int):  # noqa: ANN202
     def parse(text: str) -> int:
         try:
@@ -611,7 +638,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", default="x86", help="x86, aarch64, cuda or cuda:sm_90")
     s.add_argument("-o", "--output", default="out/tvm", help="output folder")
     s.add_argument("--trials", type=int, default=0, help="MetaSchedule trials (0: untuned)")
-    s.add_argument("--database", help="tuning database folder (reused across runs)")
+    s.add_argument("--tune-minutes", type=_positive_float, metavar="M",
+                   help="tune for M minutes of wall-clock time, spent on the kernels with "
+                   "the largest share of the model's latency (instead of --trials)")
+    s.add_argument("--layout", default="auto", choices=["auto", "nchw", "nhwc", "nchwc"],
+                   help="convolutions' data layout (auto: the target's fastest; x86: "
+                   "nchwc, channel blocks of the vector width)")
+    s.add_argument("--library", choices=["openblas", "onednn"],
+                   help="x86: run matmuls and linear layers through this library's kernels "
+                   "(built on first use; needs a C++ compiler and pip install "
+                   "'prunepass[blas]' for openblas)")
+    s.add_argument("--database", help="tuning database folder (reused across runs; one "
+                   "folder inside per CPU model and vector extensions)")
     s.add_argument("--name", default="model", help="library file name")
     _rpc_args(s, "measure tuning candidates (needed to tune for a target this machine "
               "cannot run, e.g. aarch64)")

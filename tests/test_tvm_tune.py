@@ -5,6 +5,7 @@ kernel keep this to about a minute on two idle cores."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import warnings
@@ -24,7 +25,7 @@ from prunepass.backends.tvm import (CorruptDatabaseWarning, TuningInterrupted,  
                                     tune_model)
 from prunepass.backends.tvm.cost_model import COST_MODEL, open_cost_model  # noqa: E402
 from prunepass.backends.tvm.database import (RECORDS, WORKLOADS, database_dir,  # noqa: E402
-                                             open_database)
+                                             measured_per_workload, open_database)
 from prunepass.testing import randomize  # noqa: E402
 
 TRIALS_PER_KERNEL = 2
@@ -238,3 +239,53 @@ def test_pooling_kernels_tune_without_warnings_and_match_torch(tmp_path, capfd):
     with torch.no_grad():
         ref = model(*x).numpy()
     np.testing.assert_allclose(compiled.load()(*x)[0], ref, rtol=1e-4, atol=1e-4)
+
+
+def conv_net() -> nn.Module:
+    """Two convolutions: search spaces too large to run out within the budgets below."""
+    return randomize(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(16, 16, 3, padding=1), nn.Flatten(1)).eval(), 0)
+
+
+def test_time_budget_is_kept_and_measured_kernels_are_not_tuned_again(tmp_path):
+    from prunepass.backends.tvm.tune import import_tensor_intrinsics
+    import_tensor_intrinsics()  # once per process (10-60 s): not what this test times
+    x = (torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0)),)
+    spec = resolve_target("x86")
+    mod = prepare(lower_model(conv_net(), x).mod, spec)
+    _, report = tune_model(mod, spec, tmp_path, minutes=0.75, progress=False)
+    assert report.measured >= 8  # at least one batch
+    # every batch is started only with time left for it: the call ends within its budget
+    # (the second allows for the timer's granularity and the final bookkeeping)
+    assert report.seconds <= 46
+    measured = measured_per_workload(open_database(database_dir(tmp_path, spec))[0])
+    done = sum(1 for count in measured.values() if count)
+    assert 0 < done <= len(report.tasks)
+    if done < len(report.tasks):
+        assert f"before {len(report.tasks) - done} of {len(report.tasks)} kernels" in \
+            report.notes[-1]
+    _, again = tune_model(mod, spec, tmp_path, minutes=0.25, progress=False)
+    assert len(again.reused) == done and len(again.tuned) == len(report.tasks) - done
+    after = measured_per_workload(open_database(database_dir(tmp_path, spec))[0])
+    assert all(after[key] == count for key, count in measured.items() if count)
+
+
+def test_records_of_another_cpu_are_not_applied_and_the_report_says_why(tuned, tmp_path):
+    database, folder = tuned
+    shutil.copytree(database, tmp_path / "db")
+    here = resolve_target("x86")
+    # the same machine as a CPU without its widest extension (a VM that hides it)
+    widest = next(f for f in ("avx512f", "avx2", "avx") if f in here.features)
+    narrower = tuple(f for f in here.features if f != widest and not f.startswith(widest[:6]))
+    other = resolve_target("x86", features=narrower)
+    assert other.key != here.key
+    model = pruned_mlp(0)
+    compiled = compile_model(model, X, other, tmp_path / "out", database=tmp_path / "db",
+                             progress=False)
+    report = compiled.tuning
+    assert report.reused == [] and report.measured == 0
+    assert any(re.search(f"not applied: this CPU lacks .*{widest}", note) for note in report.notes)
+    assert f"-{widest}" in str(other.target)
+    with torch.no_grad():
+        ref = model(*X).numpy()
+    np.testing.assert_allclose(compiled.load()(*X)[0], ref, rtol=1e-4, atol=1e-4)

@@ -25,6 +25,7 @@ from prunepass.backends.tvm.targets import TargetSpec
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 EXHAUSTED = "exhausted_workloads.json"  # ours, beside MetaSchedule's two files
+CPU = "cpu.json"                        # ours: the CPU model and extensions records are for
 
 Stamp = tuple[tuple[int, int], ...]
 _OPENED: dict[Path, tuple[Any, Stamp]] = {}  # folder -> (database, its files when last in sync)
@@ -33,6 +34,37 @@ _OPENED: dict[Path, tuple[Any, Stamp]] = {}  # folder -> (database, its files wh
 def database_dir(root: str | Path, spec: TargetSpec) -> Path:
     """Records only apply to the target they were measured on: one folder per target."""
     return Path(root) / spec.key
+
+
+def mark_cpu(folder: Path, spec: TargetSpec) -> None:
+    """Note beside the records what they were measured on (a folder per key already keeps
+    them apart; this lets other CPUs say why they do not use them)."""
+    if spec.features and not (folder / CPU).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CPU).write_text(json.dumps({"key": spec.key, "target": str(spec.target),
+                                              "features": list(spec.features)}) + "\n")
+
+
+def other_cpu_notes(root: str | Path, spec: TargetSpec) -> list[str]:
+    """Why the records other CPUs left in the database ``root`` are not applied here."""
+    notes = []
+    for other in sorted(Path(root).glob("*/" + CPU)):
+        if other.parent.name == spec.key:
+            continue
+        try:
+            data = json.loads(other.read_text())
+            target, features = str(data["target"]), set(data["features"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not other.parent.name.startswith(spec.key.split("-")[0]):
+            continue  # another architecture altogether
+        missing = sorted(features - set(spec.features))
+        why = (f"this CPU lacks {', '.join(missing)}" if missing
+               else f"they were built for another CPU model ({target})")
+        notes.append(f"records in {other.parent} were tuned for a CPU with "
+                     f"{', '.join(sorted(features)) or 'no vector extensions'}; not applied: "
+                     f"{why}")
+    return notes
 
 
 def open_database(folder: str | Path) -> tuple[Any, list[str]]:

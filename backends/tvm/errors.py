@@ -43,3 +43,8 @@ class TuningInterrupted(BackendError):
 
 class CorruptDatabaseWarning(UserWarning):
     """A tuning database could not be read; it was moved aside and a fresh one started."""
+
+
+class LibraryError(BackendError):
+    """A library kernel (prunepass.backends.tvm.library) cannot be built, or a model that calls
+    one is run without the library that provides it."""

@@ -34,7 +34,8 @@ def measure_compiled(compiled: CompiledModel, inputs: Sequence[Any], *, repeats:
         return time_loaded(compiled.load(), inputs, repeats=repeats, number=number,
                            warmup=warmup)
     session = request_session(rpc)
-    loaded = load_library(compiled.library, compiled.target.device, compiled.inputs, session)
+    loaded = load_library(compiled.library, compiled.target.device, compiled.inputs, session,
+                          kernels=compiled.kernels)
     return time_loaded(loaded, inputs, repeats=repeats, number=number, warmup=warmup,
                        backend=f"tvm@{rpc.key}")
 

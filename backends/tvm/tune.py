@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,19 +17,23 @@ from typing import Any, Callable, Iterator, Sequence
 
 from prunepass.backends.tvm.cost_model import open_cost_model, save_cost_model
 from prunepass.backends.tvm.database import (database_dir, database_synced,
-                                             exhausted_workloads, mark_exhausted,
+                                             exhausted_workloads, mark_cpu, mark_exhausted,
                                              measured_per_workload, open_database,
-                                             workload_hash)
+                                             other_cpu_notes, workload_hash)
 from prunepass.backends.tvm.dependency import check_tuning_dependencies
 from prunepass.backends.tvm.errors import TargetError, TuningInterrupted
 from prunepass.backends.tvm.rpc import RPCTracker, wait_for_device
 from prunepass.backends.tvm.targets import TargetSpec
+from prunepass.backends.tvm.time_budget import time_budget_scheduler
 
 BUILD_TIMEOUT_S = 120.0
 RUN_TIMEOUT_S = 60.0
 MAX_TRIALS_PER_BATCH = 64
 MS_LOGGER = "tvm.s_tir.meta_schedule"
 POPULATION = 512          # MetaSchedule's default, reached from 64 trials per kernel up
+BUDGET_MAX_TRIALS_PER_TASK = 2000  # under a time budget the clock, not a count, ends a kernel
+BUDGET_TRIALS_PER_BATCH = 8        # small batches: every kernel measured early, a closer stop
+BUDGET_SECONDS_PER_TRIAL = 2.0     # a conv's build and run here, for sizing populations
 MIN_POPULATION = 32
 POPULATION_PER_TRIAL = 8
 # Schedule rules TOPI names on its pooling blocks (annotation "schedule_rule")
@@ -44,17 +49,22 @@ class TuneReport:
     reused: list[str] = field(default_factory=list)    # kernels the database already had
     trials_per_task: int = 0
     measured: int = 0
+    minutes: float | None = None                        # the time budget, if one was given
+    seconds: float = 0.0                                 # how long this call tuned
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        share = (f"{self.minutes:g}-minute budget, {self.seconds:.0f} s used" if self.minutes
+                 else f"up to {self.trials_per_task} each")
         return (f"{len(self.tasks)} kernels: {len(self.tuned)} tuned now "
-                f"({self.measured} measurements, up to {self.trials_per_task} each), "
+                f"({self.measured} measurements, {share}), "
                 f"{len(self.reused)} reused from {self.database}")
 
 
 def tune_model(mod: Any | Sequence[Any], spec: TargetSpec, database: str | Path, *,
-               trials: int, max_trials_per_task: int | None = None,
-               rpc: RPCTracker | None = None, progress: bool = True, seed: int | None = None,
+               trials: int = 0, max_trials_per_task: int | None = None,
+               minutes: float | None = None, rpc: RPCTracker | None = None,
+               progress: bool = True, seed: int | None = None,
                callbacks: Sequence[Any] = ()) -> tuple[Any, TuneReport]:
     """Tune the kernels of ``mod`` (a Relax IRModule from compile.prepare, or a list of them)
     for ``spec``; return the database and a report.
@@ -66,6 +76,10 @@ def tune_model(mod: Any | Sequence[Any], spec: TargetSpec, database: str | Path,
     trials: the whole budget; each kernel gets trials // kernels, at least 1, so none is left
         untuned; max_trials_per_task overrides that share. With neither, nothing is measured
         and the database is only opened (its records still apply to the build).
+    minutes: a wall-clock budget for this call instead (time_budget.py): each kernel is
+        measured once, then batches go to the kernels with the largest share of the model's
+        latency; no batch is started that would end past the budget. Kernels the database
+        already has measurements for are reused, not tuned again.
     database: a folder; records live in ``database/<target key>/`` and any later call whose
         kernels have the same shapes reuses them: a kernel with at least its share of
         measurements is not measured again.
@@ -75,20 +89,30 @@ def tune_model(mod: Any | Sequence[Any], spec: TargetSpec, database: str | Path,
     import tvm.s_tir.meta_schedule as ms
     from prunepass.progress import bar as progress_bar
 
+    started = time.monotonic()
     if rpc is None and not spec.runs_on_host and (trials > 0 or max_trials_per_task):
         raise TargetError(f"tuning for {spec.name} measures on the device: pass an RPC tracker "
                           f"(rpc=...), or trials=0 to build untuned")
+    if minutes is not None and minutes <= 0:
+        raise ValueError(f"minutes must be positive, got {minutes}")
+    deadline = time.monotonic() + minutes * 60 if minutes else None
     folder = database_dir(database, spec)
     db, notes = open_database(folder)
-    report = TuneReport(str(folder), notes=notes)
+    report = TuneReport(str(folder), notes=[*notes, *other_cpu_notes(database, spec)],
+                        minutes=minutes)
     tasks = _extract_tasks(mod if isinstance(mod, (list, tuple)) else [mod], spec)
     report.tasks = [t.task_name for t in tasks]
-    if not tasks or (trials <= 0 and not max_trials_per_task):
+    if not tasks or (trials <= 0 and not max_trials_per_task and not minutes):
         return db, report
-    report.trials_per_task = max_trials_per_task or max(1, trials // len(tasks))
-    pending = _untuned(tasks, db, folder, report)
+    if minutes:
+        report.trials_per_task = max_trials_per_task or BUDGET_MAX_TRIALS_PER_TASK
+        pending = _untuned(tasks, db, folder, report, enough=1)
+    else:
+        report.trials_per_task = max_trials_per_task or max(1, trials // len(tasks))
+        pending = _untuned(tasks, db, folder, report, enough=report.trials_per_task)
     if not pending:
         return db, report
+    mark_cpu(folder, spec)
 
     check_tuning_dependencies()
     per_task = report.trials_per_task
@@ -98,29 +122,52 @@ def tune_model(mod: Any | Sequence[Any], spec: TargetSpec, database: str | Path,
         # A kernel that ran out of candidates will not take its share: the bar's total
         # shrinks, or it would stop short of its end (densenet121's 408 kernels at 8
         # trials: 1941 of 3264) and its estimate of the time left would be wrong.
-        bar.total -= per_task - measured
-        bar.refresh()
+        if not minutes:  # a time bar ends with the budget
+            bar.total -= per_task - measured
+            bar.refresh()
 
     with _quiet_console():
         runner = _runner(rpc)  # before the slow import below: a dead tracker fails fast
         import_tensor_intrinsics()
         register_pool_rules(spec.target)
+        # a population sized for the trials a kernel can expect: evolving 512 candidates
+        # to measure a handful costs more than the measurements
+        expected = per_task if not minutes else max(
+            MIN_POPULATION // POPULATION_PER_TRIAL,
+            int(minutes * 60 / BUDGET_SECONDS_PER_TRIAL / len(pending)))
         with _unnamed_handlers_removed(), _new_console_quiet():
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                pending, work_dir=str(folder), strategy=_search(per_task, ended_early), seed=seed)
+                pending, work_dir=str(folder), strategy=_search(expected, per_task, ended_early),
+                seed=seed)
         cost_model, cost_notes = open_cost_model(folder, db, spec.target, progress=progress)
     report.notes += cost_notes
     before = len(db)
-    bar = progress_bar(total=per_task * len(contexts), unit="trial", enabled=progress,
-               desc=f"tuning {len(contexts)} kernels for {spec.name}")
+    scheduler: Any = "gradient"
+    budget_callbacks: list[Any] = []
+    if minutes:
+        bar = progress_bar(total=round(minutes * 60), unit="s", enabled=progress,
+                           desc=f"tuning {len(contexts)} kernels for {spec.name} "
+                                f"({minutes:g} min)",
+                           bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s")
+        bar.update(min(bar.total, time.monotonic() - (deadline - minutes * 60)))
+        batch = BUDGET_TRIALS_PER_BATCH
+        scheduler, learn = time_budget_scheduler(deadline, batch, lambda seconds: (
+            bar.update(min(seconds, max(0.0, bar.total - bar.n)))))
+        budget_callbacks = [learn]
+    else:
+        bar = progress_bar(total=per_task * len(contexts), unit="trial", enabled=progress,
+                           desc=f"tuning {len(contexts)} kernels for {spec.name}")
+        batch = MAX_TRIALS_PER_BATCH
     try:
         with _quiet_console(), _sigint_seen() as interrupted:
             ms.tune.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(folder),
                 max_trials_global=per_task * len(contexts), max_trials_per_task=per_task,
-                num_trials_per_iter=min(per_task, MAX_TRIALS_PER_BATCH),
-                builder=_builder(bar), runner=runner, database=db, cost_model=cost_model,
-                measure_callbacks=[*ms.MeasureCallback.create("default"), *callbacks])
+                num_trials_per_iter=min(per_task, batch), task_scheduler=scheduler,
+                builder=_builder(None if minutes else bar), runner=runner, database=db,
+                cost_model=cost_model,
+                measure_callbacks=[*ms.MeasureCallback.create("default"), *budget_callbacks,
+                                   *callbacks])
     except (KeyboardInterrupt, Exception) as err:
         # A Ctrl-C inside a Python callback reaches us as a RuntimeError from TVM's FFI.
         if isinstance(err, KeyboardInterrupt) or interrupted:
@@ -132,9 +179,17 @@ def tune_model(mod: Any | Sequence[Any], spec: TargetSpec, database: str | Path,
             save_cost_model(cost_model, folder)
     database_synced(folder)  # only after a whole run: one cut short is read again from disk
     report.measured = len(db) - before
-    # A finished search that measured less than its share found no more candidates.
+    report.seconds = round(time.monotonic() - started, 1)
     measured = measured_per_workload(db)
-    keys = (workload_hash(task.dispatched[0]) for task in pending)
+    keys = [workload_hash(task.dispatched[0]) for task in pending]
+    if minutes:
+        untouched = sum(1 for key in keys if not measured[key])
+        if untouched:
+            report.notes.append(f"the {minutes:g}-minute budget ended before {untouched} of "
+                                f"{len(keys)} kernels were measured: they keep default "
+                                f"schedules (a longer budget measures them)")
+        return db, report
+    # A finished search that measured less than its share found no more candidates.
     mark_exhausted(folder, {key for key in keys if measured[key] < per_task})
     return db, report
 
@@ -149,8 +204,9 @@ def _extract_tasks(mods: Sequence[Any], spec: TargetSpec) -> list[Any]:
     return list(tasks.values())
 
 
-def _untuned(tasks: list[Any], db: Any, folder: Path, report: TuneReport) -> list[Any]:
-    """The tasks whose workload has fewer than its share of measurements in the database and
+def _untuned(tasks: list[Any], db: Any, folder: Path, report: TuneReport, enough: int
+             ) -> list[Any]:
+    """The tasks whose workload has fewer than ``enough`` measurements in the database and
     a search space not known to be exhausted; sorts every task name into report.tuned or
     report.reused."""
     measured = measured_per_workload(db)
@@ -158,7 +214,7 @@ def _untuned(tasks: list[Any], db: Any, folder: Path, report: TuneReport) -> lis
     pending = []
     for task in tasks:
         key = workload_hash(task.dispatched[0])
-        if measured[key] >= report.trials_per_task or (key in exhausted and measured[key]):
+        if measured[key] >= enough or (key in exhausted and measured[key]):
             report.reused.append(task.task_name)
         else:
             report.tuned.append(task.task_name)
@@ -232,13 +288,14 @@ def build_kernel(mod: Any, target: Any, _params: Any) -> Any:
     return tvm_build(mod, target=target)
 
 
-def _search(per_task: int, ended_early: Callable[[int], None]) -> Any:
-    """MetaSchedule's evolutionary search, its population scaled to the budget: evolving 512
-    candidates per round to measure a handful costs more than the measurements. It ends a
-    kernel at the first round that finds nothing new to measure (see _ends_when_exhausted)
-    and then calls ``ended_early`` with the kernel's measurements, if fewer than per_task."""
+def _search(expected: int, per_task: int, ended_early: Callable[[int], None]) -> Any:
+    """MetaSchedule's evolutionary search, its population scaled to the trials a kernel is
+    ``expected`` to get: evolving 512 candidates per round to measure a handful costs more
+    than the measurements. It ends a kernel at the first round that finds nothing new to
+    measure (see _ends_when_exhausted) and then calls ``ended_early`` with the kernel's
+    measurements, if fewer than per_task."""
     import tvm.s_tir.meta_schedule as ms
-    population = min(POPULATION, max(MIN_POPULATION, POPULATION_PER_TRIAL * per_task))
+    population = min(POPULATION, max(MIN_POPULATION, POPULATION_PER_TRIAL * expected))
     search = ms.search_strategy.EvolutionarySearch(population_size=population)
     return _ends_when_exhausted(search, per_task, ended_early)
 
@@ -290,7 +347,7 @@ def _ends_when_exhausted(search: Any, per_task: int,
     return EndsWhenExhausted(search)
 
 
-def _builder(bar: Any) -> Any:
+def _builder(bar: Any | None) -> Any:
     """MetaSchedule's LocalBuilder with build_kernel, advancing ``bar`` (tqdm) by each batch
     it builds. Building is half a trial's time here (a conv's batch of 8: built in 3 s, run in
     2 s), and measurements reach measure callbacks only when the scheduler next visits their
@@ -303,7 +360,8 @@ def _builder(bar: Any) -> Any:
     class Builder(ms.builder.LocalBuilder._cls):
         def build(self, build_inputs: list[Any]) -> list[Any]:
             results = super().build(build_inputs)
-            bar.update(len(build_inputs))
+            if bar is not None:
+                bar.update(len(build_inputs))
             return results
 
     return Builder(timeout_sec=BUILD_TIMEOUT_S, f_build=build_kernel)
