@@ -14,7 +14,10 @@ Backends (all measured here, same inputs):
   ort-onnx  onnxruntime on the dense model's ONNX export pruned *as ONNX* (the ONNX route;
             its MACs and parameters are checked against the torch route)
   tvm       TVM untuned (default schedules: slow on CPU, shown for completeness)
-  tvm-tuned TVM with MetaSchedule, --trials-per-task trials for every kernel; a model's
+  tvm-lib   TVM with matmuls, linear layers and convolutions through OpenBLAS (library
+            kernels), the rest tuned for --lib-tune-minutes
+  tvm-tuned TVM with MetaSchedule, --trials-per-task trials for every kernel (or
+            --tune-minutes for all of a model's variants together); a model's
             variants are tuned together in one call into an empty database (the cost model
             of ~/.cache/prunepass/tvm-tuning carried in, when it has one), so dense and
             pruned get the same budget and search (a database kept between runs gave dense
@@ -132,13 +135,17 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
         row["variants"][key]["macs_reduction"] = variants["dense"]["macs"] / v["macs"]
     for backend in backends:
         runners = {}
-        if backend == "tvm-tuned":
-            report = tune_together([v["module"] for v in variants.values()], x, tmp / "tvm-db",
-                                   args.trials_per_task, args.tune_minutes, args.layout)
-            row["tvm_tuning"] = {"minutes_budget": args.tune_minutes,
-                                 "seconds": report.seconds, "kernels": len(report.tasks),
-                                 "measured": report.measured, "layout": args.layout,
-                                 "notes": report.notes}
+        spec = tvm_target(backend, args) if backend.startswith("tvm") else None
+        if backend in TUNED:
+            minutes = args.tune_minutes if backend == "tvm-tuned" else args.lib_tune_minutes
+            report = tune_together([v["module"] for v in variants.values()], x,
+                                   tmp / f"{backend}-db", args.trials_per_task, minutes, spec)
+            row.setdefault("tvm_tuning", {})[backend] = {
+                "minutes_budget": minutes, "seconds": report.seconds,
+                "kernels": len(report.tasks), "measured": report.measured,
+                "layout": spec.layout, "library": spec.library,
+                "library_ops": list(spec.library_ops) if spec.library else [],
+                "notes": report.notes}
         for key, v in variants.items():
             if backend == "torch":
                 runners[key] = runner("torch", v["module"], (x,), threads=args.threads)
@@ -146,11 +153,10 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
                 runners[key] = runner("ort", v["onnx" if backend == "ort" else "onnx_route"],
                                       (x,), threads=args.threads)
             else:
-                tuned = backend == "tvm-tuned"  # already tuned: the database only applies
+                # already tuned: the database only applies
                 runners[key] = runner(
-                    "tvm", v["module"], (x,), out_dir=tmp / f"tvm-{key}", progress=False,
-                    target=resolve_target("x86", layout=args.layout),
-                    database=(tmp / "tvm-db") if tuned else None)
+                    "tvm", v["module"], (x,), out_dir=tmp / f"{backend}-{key}", progress=False,
+                    target=spec, database=(tmp / f"{backend}-db") if backend in TUNED else None)
         slow = backend == "tvm"
         rounds = alternate(runners, rounds=2 if slow else args.rounds,
                            repeats=1 if slow else args.repeats, number=1, warmup=1 if slow else 3)
@@ -165,8 +171,19 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     return row
 
 
+TUNED = ("tvm-tuned", "tvm-lib")
+
+
+def tvm_target(backend: str, args: argparse.Namespace):  # noqa: ANN201
+    """tvm-lib: matmuls, linear layers and convolutions through OpenBLAS (the rest tuned)."""
+    if backend == "tvm-lib":
+        return resolve_target("x86", layout="nchw", library="openblas",
+                              library_ops=("dense", "matmul", "conv2d"))
+    return resolve_target("x86", layout=args.layout)
+
+
 def tune_together(modules: list[torch.nn.Module], x: torch.Tensor, database: Path,
-                  trials: int, minutes: float | None, layout: str):  # noqa: ANN201
+                  trials: int, minutes: float | None, spec):  # noqa: ANN001, ANN201
     """Tune every kernel of ``modules`` in one MetaSchedule call into the fresh
     ``database`` (``trials`` per kernel, or ``minutes`` for all of them), carrying in the
     layer-timing database's cost model. Returns the TuneReport."""
@@ -174,7 +191,6 @@ def tune_together(modules: list[torch.nn.Module], x: torch.Tensor, database: Pat
     model = cost_model_file()
     if model is not None:
         seed_cost_model(database, model)
-    spec = resolve_target("x86", layout=layout)
     mods = [prepare(lower_model(m, (x,)).mod, spec) for m in modules]
     t0 = time.perf_counter()
     if minutes:
@@ -225,15 +241,14 @@ def summary(rows: list[dict], backends: list[str]) -> dict:
             out[f"{b}/{kind}"] = {"median_efficiency": float(np.median(effs)),
                                   "min_speedup": float(min(ups)),
                                   "slower": sum(u < 1.0 for u in ups), "n": len(cells)}
-    if "tvm-tuned" in backends and "ort" in backends:
-        ratios = {r["model"]: {k: v["tvm-tuned"]["latency_ms"]["median"]
-                               / v["ort"]["latency_ms"]["median"]
-                               for k, v in r["variants"].items() if "tvm-tuned" in v and "ort" in v}
+    for tvm in (b for b in backends if b.startswith("tvm") and "ort" in backends):
+        ratios = {r["model"]: {k: v[tvm]["latency_ms"]["median"] / v["ort"]["latency_ms"]["median"]
+                               for k, v in r["variants"].items() if tvm in v and "ort" in v}
                   for r in rows}
         flat = [x for per in ratios.values() for x in per.values()]
         if flat:
-            out["tvm-tuned/ort"] = {"latency_ratio": ratios, "median": float(np.median(flat)),
-                                    "max": float(max(flat)), "n": len(flat)}
+            out[f"{tvm}/ort"] = {"latency_ratio": ratios, "median": float(np.median(flat)),
+                                 "max": float(max(flat)), "n": len(flat)}
     return out
 
 
@@ -275,6 +290,8 @@ def main() -> None:
                     "model (all its variants tuned together) instead of --trials-per-task")
     ap.add_argument("--layout", default="auto", help="tvm: convolution layout (auto, nchw, "
                     "nhwc, nchwc)")
+    ap.add_argument("--lib-tune-minutes", type=float, default=3.0, help="tvm-lib: the budget "
+                    "for what the library does not take (elementwise ops, pools)")
     ap.add_argument("--out", default="speed.json")
     ap.add_argument("--into", help="a previous result (under benchmarks/results) whose rows "
                     "for the models measured now are replaced; the rest are kept, each "
@@ -302,11 +319,11 @@ def main() -> None:
                               "tune_minutes": args.tune_minutes, "layout": args.layout})
     print_table(rows, backends)
     for k, s in summary(rows, backends).items():
-        if k == "tvm-tuned/ort":
+        if k.endswith("/ort"):
             for model, per in s["latency_ratio"].items():
-                print(f"TVM / onnxruntime latency, {model}: " + ", ".join(
+                print(f"{k} latency, {model}: " + ", ".join(
                     f"{variant} {ratio:.2f}" for variant, ratio in per.items()))
-            print(f"TVM / onnxruntime: median {s['median']:.2f}, max {s['max']:.2f} "
+            print(f"{k}: median {s['median']:.2f}, max {s['max']:.2f} "
                   f"over {s['n']} models x variants")
             continue
         print(f"{k:18} median efficiency {s['median_efficiency']:.2f}, min speedup "

@@ -312,7 +312,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     rpc = _rpc(args)
     check_outputs({"-o": (args.output, (), True)}, [args.model])
     from prunepass.backends.tvm import resolve_target
-    target = resolve_target(args.target, layout=args.layout, library=args.library)
+    target = resolve_target(args.target, layout=args.layout, library=args.library,
+                            library_ops=tuple(args.library_ops.split(",")))
     model, pruned, inputs = _pruned(args)
     compiled = compile_model(pruned if pruned is not None else model, inputs, target,
                              args.output, trials=args.trials, minutes=args.tune_minutes,
@@ -648,6 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="x86: run matmuls and linear layers through this library's kernels "
                    "(built on first use; needs a C++ compiler and pip install "
                    "'prunepass[blas]' for openblas)")
+    s.add_argument("--library-ops", default="dense,matmul", metavar="OPS",
+                   help="with --library, the operators it takes: of dense, matmul, conv2d "
+                   "(convolutions through im2col)")
     s.add_argument("--database", help="tuning database folder (reused across runs; one "
                    "folder inside per CPU model and vector extensions)")
     s.add_argument("--name", default="model", help="library file name")

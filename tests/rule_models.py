@@ -224,3 +224,20 @@ class SliceRange(nn.Module):  # a contiguous slice of channels: bounds move with
 
 
 EXACT_CASES["slice-range"] = (SliceRange, lambda: (torch.randn(*IMG),))
+
+
+class ResidualNet(nn.Module):
+    """Conv-BN-ReLU, a residual block and a classifier: the channel couplings pruning
+    rewrites (one coupled group), for the backend tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16),
+                                   nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        y = torch.relu(self.block(y) + y)
+        return self.head(y.mean((2, 3)))

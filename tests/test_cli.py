@@ -231,3 +231,19 @@ def test_json_on_stdout(tmp_path, capsys):
     assert main(["report", str(tmp_path / "r.json"), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["keep"] == data["keep"]
+
+
+def test_compile_refuses_bad_tuning_and_target_options_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        main(["compile", "torchvision:resnet18", "--tune-minutes", "0"])
+    assert "--tune-minutes: must be positive, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compile", "torchvision:resnet18", "--layout", "nhcw"])
+    assert "invalid choice: 'nhcw'" in capsys.readouterr().err
+    assert main(["compile", "torchvision:resnet18", "--library", "openblas",
+                 "--library-ops", "dense,conv3d"]) == 2
+    assert "library_ops conv3d unknown: use some of dense, matmul, conv2d" in \
+        capsys.readouterr().err
+    assert main(["compile", "torchvision:resnet18", "--target", "aarch64", "--library",
+                 "openblas"]) == 2
+    assert "target 'aarch64' cannot take library='openblas'" in capsys.readouterr().err

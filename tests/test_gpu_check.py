@@ -25,6 +25,7 @@ from prunepass.backends.measure.alternate import alternate  # noqa: E402
 from prunepass.backends.measure.energy import measure_energy  # noqa: E402
 from prunepass.backends.measure.measure import runner  # noqa: E402
 from prunepass.backends.tvm.runtime import LoadedModel  # noqa: E402
+from tests.rule_models import ResidualNet  # noqa: E402
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -37,25 +38,9 @@ DENSE_MACS = 16 * 256 * 27 + 2 * 16 * 256 * 144 + 16 * 10
 PRUNED_MACS = 8 * 256 * 27 + 2 * 8 * 256 * 72 + 8 * 10
 
 
-class TinyNet(nn.Module):
-    """Conv-BN-ReLU, a residual block and a classifier: one coupled channel group."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16),
-                                   nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
-        self.head = nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.stem(x)
-        y = torch.relu(self.block(y) + y)
-        return self.head(y.mean((2, 3)))
-
-
 def tiny_net() -> tuple[nn.Module, torch.Tensor]:
     from prunepass.testing import randomize
-    return (randomize(TinyNet().eval()),
+    return (randomize(ResidualNet().eval()),
             torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
 
 

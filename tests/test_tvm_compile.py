@@ -20,31 +20,16 @@ from prunepass.backends.tvm import (BackendError, TargetError, ToolchainError,  
                                     lower_model, resolve_target)
 from prunepass.backends.measure.torch_export import export_onnx  # noqa: E402
 from prunepass.testing import randomize  # noqa: E402
+from tests.rule_models import ResidualNet  # noqa: E402
 
 EM_AARCH64 = 183
 EM_CUDA = 190
 
 
-class SmallNet(nn.Module):
-    """Conv-BN-ReLU, a residual block and a classifier: the channel couplings pruning rewrites."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16),
-                                   nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
-        self.head = nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.stem(x)
-        y = torch.relu(self.block(y) + y)
-        return self.head(y.mean((2, 3)))
-
-
 @pytest.fixture(scope="module")
 def pruned() -> tuple[nn.Module, tuple[torch.Tensor]]:
     x = (torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)),)
-    model = randomize(SmallNet().eval())
+    model = randomize(ResidualNet().eval())
     result = prunepass.prune(model, x, "prune-channels<ratio=0.5>,dce")
     return result.model.eval(), x
 

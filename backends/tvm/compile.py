@@ -20,10 +20,6 @@ from prunepass.backends.tvm.targets import TargetSpec, resolve_target
 from prunepass.backends.tvm.tune import TuneReport, tune_model
 
 FORMAT = "prunepass-tvm-artifact/1"
-# What a target's library takes: matmuls by a weight (Linear, Gemm) and of two activations
-# (attention). Convolutions stay with TVM: through im2col they were 0.69-0.89x onnxruntime's
-# speed here (docs/tvm.md, "Library kernels").
-LIBRARY_KINDS = ("dense", "matmul")
 
 
 @dataclass
@@ -128,7 +124,7 @@ def prepare_with_report(mod: Any, spec: TargetSpec, offload: OffloadReport | Non
                                         relax.transform.FoldConstant()])(mod)
         if spec.library:  # on the high-level matmuls, before convert_layout legalizes them
             from prunepass.backends.tvm.library import offload_dense
-            mod = offload_dense(mod, kinds=LIBRARY_KINDS,
+            mod = offload_dense(mod, kinds=spec.library_ops,
                                 report=offload if offload is not None else OffloadReport())
         return convert_layout(mod, spec.layout, spec.lanes)
 

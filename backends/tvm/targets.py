@@ -25,6 +25,11 @@ AUTO_LAYOUT = {"x86": "nchwc", "aarch64": "nchw", "cuda": "nchw"}
 # Library kernels a target may run matmuls through (prunepass.backends.tvm.library): "auto" is
 # oneDNN where it is installed, else OpenBLAS. Built here, for this machine's CPU: x86 only.
 LIBRARIES = ("auto", "openblas", "onednn")
+# What a library takes: matmuls by a weight (Linear, Gemm, "dense"), of two activations
+# ("matmul", attention), and 2-D convolutions through im2col ("conv2d"; 0.69-0.89x
+# onnxruntime's speed per layer here, so not by default: docs/tvm.md, "Library kernels").
+LIBRARY_OPS = ("dense", "matmul", "conv2d")
+DEFAULT_LIBRARY_OPS = ("dense", "matmul")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class TargetSpec:
     # x86: matmuls and linear layers run through this library's kernels (LIBRARIES); not in
     # key: the offloaded operators are no tuning tasks, the others' records stay valid
     library: str | None = None
+    library_ops: tuple[str, ...] = DEFAULT_LIBRARY_OPS  # which operators the library takes
 
     @property
     def runs_on_host(self) -> bool:
@@ -98,7 +104,8 @@ def vector_lanes(features: tuple[str, ...] | list[str]) -> int:
 def resolve_target(name: str, *, mcpu: str | None = None, cuda_arch: str | None = None,
                    num_cores: int | None = None, layout: str = "auto",
                    features: tuple[str, ...] | None = None,
-                   library: str | None = None) -> TargetSpec:
+                   library: str | None = None,
+                   library_ops: tuple[str, ...] | None = None) -> TargetSpec:
     """Resolve a target name. ``name`` is "x86" (the host CPU; aliases host, llvm), "aarch64"
     (64-bit ARM Linux, cross-compiled), or "cuda" (optionally "cuda:sm_90").
 
@@ -106,7 +113,8 @@ def resolve_target(name: str, *, mcpu: str | None = None, cuda_arch: str | None 
     see AUTO_LAYOUT), "nchw", "nhwc" or "nchwc" (channel blocks of the vector width).
     features: x86 only, the vector extensions to build for (default: this CPU's).
     library: x86 only, run static float32 matmuls and linear layers through the kernels of
-        "openblas", "onednn" or "auto" (prunepass.backends.tvm.library); None: all in TVM."""
+        "openblas", "onednn" or "auto" (prunepass.backends.tvm.library); None: all in TVM.
+    library_ops: what the library takes, of LIBRARY_OPS (default dense and matmul)."""
     from prunepass.backends.tvm.layout import LAYOUTS
     tvm = import_tvm()
     base, _, suffix = name.strip().lower().partition(":")
@@ -116,6 +124,10 @@ def resolve_target(name: str, *, mcpu: str | None = None, cuda_arch: str | None 
     if library is not None and library not in LIBRARIES:
         raise TargetError(f"unknown library {library!r}: use one of {', '.join(LIBRARIES)} "
                           f"(or none)")
+    unknown_ops = sorted(set(library_ops or ()) - set(LIBRARY_OPS))
+    if unknown_ops:
+        raise TargetError(f"library_ops {', '.join(unknown_ops)} unknown: use some of "
+                          f"{', '.join(LIBRARY_OPS)}")
     if base == "cuda":
         spec = _cuda(tvm, suffix or cuda_arch or DEFAULT_CUDA_ARCH)
     elif suffix:
@@ -132,7 +144,7 @@ def resolve_target(name: str, *, mcpu: str | None = None, cuda_arch: str | None 
                           f"kernels are built for this machine's CPU, so only target 'x86' "
                           f"runs them")
     return replace(spec, layout=AUTO_LAYOUT[spec.name] if layout == "auto" else layout,
-                   library=library)
+                   library=library, library_ops=tuple(library_ops or DEFAULT_LIBRARY_OPS))
 
 
 def _x86(tvm: Any, mcpu: str | None, num_cores: int | None,
