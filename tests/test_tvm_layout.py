@@ -4,6 +4,8 @@ built for the extensions this CPU has, and its key (the tuning database folder) 
 Untuned builds of a small model: seconds each."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -64,6 +66,9 @@ def test_blocked_layout_build_equals_torch_and_names_what_it_kept(mixed, tmp_pat
     assert any("32->17 1x1: 17 output channels have no block > 1" in k for k in report.kept)
     # into blocks at the input, out of them before the grouped conv (and its max pool)
     assert report.edge_transforms == 2
+    data = json.loads(compiled.metadata.read_text())  # the artifact's description says so
+    assert data["layout"]["layout"] == "nchwc" and data["layout"]["converted"] == 2
+    assert data["target"]["features"] == list(features)
 
 
 def test_channels_last_build_equals_torch(mixed, tmp_path):
@@ -72,15 +77,6 @@ def test_channels_last_build_equals_torch(mixed, tmp_path):
     np.testing.assert_allclose(compiled.load()(x.numpy())[0], reference, rtol=1e-4, atol=1e-4)
     assert compiled.layout.converted == 3 and len(compiled.layout.kept) == 1
     assert "4 groups" in compiled.layout.kept[0]
-
-
-def test_layout_is_in_the_artifact_description(mixed, tmp_path):
-    import json
-    model, x, _ = mixed
-    compiled = compile_model(model, (x,), resolve_target("x86", layout="nchwc"), tmp_path)
-    data = json.loads(compiled.metadata.read_text())
-    assert data["layout"]["layout"] == "nchwc" and data["layout"]["converted"] == 2
-    assert data["target"]["features"] == list(compiled.target.features)
 
 
 def test_channel_block_is_the_largest_divisor_within_a_vector():
