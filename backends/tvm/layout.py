@@ -60,9 +60,15 @@ def convert_layout(mod: Any, layout: str, lanes: int) -> tuple[Any, LayoutReport
         wanted = _desired(call, layout, lanes, report)
         return {CONV: wanted}
 
+    original = mod
     mod = clip_as_min_max(mod)
     before = _activation_transforms(mod)
-    mod = relax.transform.ConvertLayout({}, choose)(mod)
+    try:
+        mod = relax.transform.ConvertLayout({}, choose)(mod)
+    except (tvm.error.InternalError, ValueError) as err:  # an op whose layout rule fails
+        report = LayoutReport(layout, converted=0, kept=[
+            f"all convolutions: Relax's ConvertLayout failed ({str(err).splitlines()[0]})"])
+        return original, report
     report.edge_transforms = _activation_transforms(mod) - before
     mod = tvm.transform.Sequential([
         relax.transform.LegalizeOps({CONV: legalize_blocked}),
