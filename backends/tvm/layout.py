@@ -6,7 +6,7 @@ Relax's ConvertLayout rewrites each convolution and carries the layout through t
 elementwise ops, pools and concatenations after it, so layout transforms are left only at
 the model's edges and where an op cannot take the layout. The weights' transforms are
 constant and folded at build time. Relax's LegalizeOps has no rule for blocked convolutions;
-``legalize_blocked`` gives them TOPI's conv2d_NCHWc and depthwise_conv2d_NCHWc.
+``legalize_blocked`` gives them TOPI's conv2d_NCHWc and a depthwise one of its own.
 
 A convolution the layout does not suit stays as it was, and the report names it: grouped
 convolutions that are not depthwise (no blocked TOPI kernel), and channel counts whose only

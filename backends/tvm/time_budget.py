@@ -37,7 +37,6 @@ def time_budget_scheduler(deadline: float, batch: int, on_batch: Callable[[float
             self.per_trial_s: float | None = None  # running estimate, from finished batches
             self.task_trial_s: dict[int, float] = {}  # the same, per kernel (they differ 10x)
             self.last_batch = 0
-            self.stopped_for_time = False
 
         def next_task_id(self) -> int:
             tasks = self._outer().tasks_
@@ -47,7 +46,6 @@ def time_budget_scheduler(deadline: float, batch: int, on_batch: Callable[[float
                 return -1
             alive = [i for i in alive if self._time_for(i)]
             if not alive:  # no kernel's next batch fits in the time left
-                self.stopped_for_time = True
                 return -1
             fresh = [i for i in alive if i not in self.batches]
             if fresh:  # everyone measured once, biggest first
