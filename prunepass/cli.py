@@ -313,7 +313,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     check_outputs({"-o": (args.output, (), True)}, [args.model])
     from prunepass.backends.tvm import resolve_target
     target = resolve_target(args.target, layout=args.layout, library=args.library,
-                            library_ops=tuple(args.library_ops.split(",")))
+                            library_ops=(tuple(args.library_ops.split(","))
+                                         if args.library_ops else None))
     model, pruned, inputs = _pruned(args)
     compiled = compile_model(pruned if pruned is not None else model, inputs, target,
                              args.output, trials=args.trials, minutes=args.tune_minutes,
@@ -326,7 +327,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             print(f"    kept in NCHW: {kept}")
     if compiled.offload is not None:
         files = ", ".join(p.name for p in compiled.library_files) or "nothing"
-        print(f"  library kernels ({args.library}): {compiled.offload.summary()}; "
+        print(f"  library kernels ({compiled.target.library}): {compiled.offload.summary()}; "
               f"ship {files} beside the library")
         for line in compiled.offload.offloaded:
             print(f"    offloaded: {line}")
@@ -644,14 +645,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "the largest share of the model's latency (instead of --trials)")
     s.add_argument("--layout", default="auto", choices=["auto", "nchw", "nhwc", "nchwc"],
                    help="convolutions' data layout (auto: the target's fastest; x86: "
-                   "nchwc, channel blocks of the vector width)")
-    s.add_argument("--library", choices=["openblas", "onednn"],
-                   help="x86: run matmuls and linear layers through this library's kernels "
-                   "(built on first use; needs a C++ compiler and pip install "
-                   "'prunepass[blas]' for openblas)")
-    s.add_argument("--library-ops", default="dense,matmul", metavar="OPS",
+                   "nchwc, channel blocks of the vector width; nhwc with --library onednn)")
+    s.add_argument("--library", choices=["auto", "openblas", "onednn"],
+                   help="x86: run linear layers, matmuls and (onednn) convolutions through "
+                   "this library's kernels, the fastest x86 artifact (built on first use; "
+                   "needs a C++ compiler and pip install 'prunepass[onednn]' or "
+                   "'prunepass[blas]'; auto: onednn where installed)")
+    s.add_argument("--library-ops", metavar="OPS",
                    help="with --library, the operators it takes: of dense, matmul, conv2d "
-                   "(convolutions through im2col)")
+                   "(default: all three for onednn, whose convolutions fuse the batch norm, "
+                   "activation and residual add after them; dense,matmul for openblas, "
+                   "whose convolutions go through im2col)")
     s.add_argument("--database", help="tuning database folder (reused across runs; one "
                    "folder inside per CPU model and vector extensions)")
     s.add_argument("--name", default="model", help="library file name")

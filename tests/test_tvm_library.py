@@ -242,7 +242,7 @@ def test_build_errors_name_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "scipy_openblas32", None)  # import fails
     with pytest.raises(LibraryError, match="pip install scipy-openblas32"):
         library.find_blas("openblas")
-    with pytest.raises(LibraryError, match="apt-get install libdnnl-dev"):
+    with pytest.raises(LibraryError, match="pip install onednn-devel-cpu-gomp"):
         library.find_blas("onednn", dnnl_prefix=tmp_path)
     with pytest.raises(LibraryError, match="unknown library backend 'mkl'"):
         library.find_blas("mkl")
@@ -354,3 +354,12 @@ def test_library_target_option_errors():
                        "onednn"):
         resolve_target("x86", library="mkl")
     assert resolve_target("x86").library is None
+    # oneDNN takes convolutions by default, on channels-last activations; OpenBLAS does not
+    onednn = resolve_target("x86", library="onednn")
+    assert onednn.library_ops == ("dense", "matmul", "conv2d") and onednn.layout == "nhwc"
+    openblas = resolve_target("x86", library="openblas")
+    assert openblas.library_ops == ("dense", "matmul") and openblas.layout == "nchwc"
+    assert resolve_target("x86", library="onednn", library_ops=("dense",)).layout == "nchwc"
+    with pytest.raises(TargetError, match="layout 'nchwc' with library 'onednn': its "
+                       "convolutions take channels-last activations"):
+        resolve_target("x86", library="onednn", layout="nchwc")

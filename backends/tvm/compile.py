@@ -122,11 +122,29 @@ def prepare_with_report(mod: Any, spec: TargetSpec, offload: OffloadReport | Non
         mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                         relax.transform.CanonicalizeBindings(),
                                         relax.transform.FoldConstant()])(mod)
+        report = offload if offload is not None else OffloadReport()
+        _library_extension(spec)  # loaded (built once): it decides and packs what it takes
+        direct = _direct_convolutions(spec)
         if spec.library:  # on the high-level matmuls, before convert_layout legalizes them
             from prunepass.backends.tvm.library import offload_dense
-            mod = offload_dense(mod, kinds=spec.library_ops,
-                                report=offload if offload is not None else OffloadReport())
-        return convert_layout(mod, spec.layout, spec.lanes)
+            kinds = [k for k in spec.library_ops if not (direct and k == "conv2d")]
+            mod = offload_dense(mod, kinds=kinds, report=report)
+        if not direct:
+            return convert_layout(mod, spec.layout, spec.lanes)
+        # oneDNN's convolutions: the model in NHWC first, then the convolutions (with what
+        # follows them) matched on the high-level operators
+        from prunepass.backends.tvm.library.conv_offload import offload_conv_nhwc
+        mod, layout = convert_layout(mod, spec.layout, spec.lanes, legalize=False)
+        return offload_conv_nhwc(mod, report=report), layout
+
+
+def _direct_convolutions(spec: TargetSpec) -> bool:
+    """Whether the target's convolutions go to oneDNN's convolution primitive (a oneDNN
+    library, conv2d among its operators, NHWC), rather than im2col and a GEMM."""
+    if not spec.library or "conv2d" not in spec.library_ops or spec.layout != "nhwc":
+        return False
+    from prunepass.backends.tvm.library import _registered_backend
+    return _registered_backend() == "onednn"
 
 
 def _library_extension(spec: TargetSpec) -> Path | None:

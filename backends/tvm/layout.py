@@ -39,10 +39,13 @@ def channel_block(channels: int, lanes: int) -> int:
     return max(b for b in range(1, lanes + 1) if channels % b == 0)
 
 
-def convert_layout(mod: Any, layout: str, lanes: int) -> tuple[Any, LayoutReport]:
+def convert_layout(mod: Any, layout: str, lanes: int, *, legalize: bool = True
+                   ) -> tuple[Any, LayoutReport]:
     """``mod`` with its 2-D convolutions in ``layout`` ("nchw": unchanged, "nhwc", "nchwc"),
     legalized where Relax cannot, weights transformed; ``lanes``: float32 lanes of the
-    target's vectors (16 with AVX-512, 8 with AVX2, 4 with NEON or SSE)."""
+    target's vectors (16 with AVX-512, 8 with AVX2, 4 with NEON or SSE). legalize=False
+    leaves the operators high-level (for a rewrite that matches them; NHWC and NCHW only:
+    the build's LegalizeOps has no rule for channel blocks)."""
     import tvm
     from tvm import relax
 
@@ -70,10 +73,13 @@ def convert_layout(mod: Any, layout: str, lanes: int) -> tuple[Any, LayoutReport
             f"all convolutions: Relax's ConvertLayout failed ({str(err).splitlines()[0]})"])
         return original, report
     report.edge_transforms = _activation_transforms(mod) - before
-    mod = tvm.transform.Sequential([
-        relax.transform.LegalizeOps({CONV: legalize_blocked}),
-        relax.transform.FoldConstant(),  # the weights' layout transforms, done once here
-    ])(mod)
+    if not legalize and layout == "nchwc":
+        from prunepass.backends.tvm.errors import TargetError
+        raise TargetError("channel blocks (nchwc) need prunepass's legalization: "
+                          "convert_layout(..., legalize=True)")
+    passes = [relax.transform.LegalizeOps({CONV: legalize_blocked})] if legalize else []
+    # the weights' layout transforms, done once here
+    mod = tvm.transform.Sequential([*passes, relax.transform.FoldConstant()])(mod)
     return mod, report
 
 

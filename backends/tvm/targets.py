@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from prunepass.backends.tvm.dependency import import_tvm
-from prunepass.backends.tvm.errors import TargetError, ToolchainError
+from prunepass.backends.tvm.errors import LibraryError, TargetError, ToolchainError
 from prunepass.backends.tvm.nvrtc import find_cuda_toolkit
 
 TARGET_NAMES = ("x86", "aarch64", "cuda")
@@ -26,10 +26,13 @@ AUTO_LAYOUT = {"x86": "nchwc", "aarch64": "nchw", "cuda": "nchw"}
 # oneDNN where it is installed, else OpenBLAS. Built here, for this machine's CPU: x86 only.
 LIBRARIES = ("auto", "openblas", "onednn")
 # What a library takes: matmuls by a weight (Linear, Gemm, "dense"), of two activations
-# ("matmul", attention), and 2-D convolutions through im2col ("conv2d"; 0.69-0.89x
-# onnxruntime's speed per layer here, so not by default: docs/tvm.md, "Library kernels").
+# ("matmul", attention), and 2-D convolutions ("conv2d"): oneDNN's convolution primitive on
+# NHWC with the batch norm, activation and residual add after it fused (by default), or
+# im2col and OpenBLAS's GEMM (0.69-0.89x onnxruntime's speed per layer here, so not by
+# default: docs/tvm.md, "Library kernels").
 LIBRARY_OPS = ("dense", "matmul", "conv2d")
 DEFAULT_LIBRARY_OPS = ("dense", "matmul")
+LIBRARY_DEFAULT_OPS = {"onednn": ("dense", "matmul", "conv2d"), "openblas": DEFAULT_LIBRARY_OPS}
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,11 @@ def resolve_target(name: str, *, mcpu: str | None = None, cuda_arch: str | None 
     layout: the convolutions' data layout, "auto" (what the target's kernels are fastest in,
     see AUTO_LAYOUT), "nchw", "nhwc" or "nchwc" (channel blocks of the vector width).
     features: x86 only, the vector extensions to build for (default: this CPU's).
-    library: x86 only, run static float32 matmuls and linear layers through the kernels of
-        "openblas", "onednn" or "auto" (prunepass.backends.tvm.library); None: all in TVM.
-    library_ops: what the library takes, of LIBRARY_OPS (default dense and matmul)."""
+    library: x86 only, run static float32 matmuls, linear layers (and convolutions) through
+        the kernels of "openblas", "onednn" or "auto" (oneDNN where it is installed, else
+        OpenBLAS; prunepass.backends.tvm.library); None: all in TVM.
+    library_ops: what the library takes, of LIBRARY_OPS (default: dense, matmul, and conv2d
+        for oneDNN, whose convolutions make the layout "auto" NHWC)."""
     from prunepass.backends.tvm.layout import LAYOUTS
     tvm = import_tvm()
     base, _, suffix = name.strip().lower().partition(":")
@@ -143,8 +148,22 @@ def resolve_target(name: str, *, mcpu: str | None = None, cuda_arch: str | None 
         raise TargetError(f"target {spec.name!r} cannot take library={library!r}: the library "
                           f"kernels are built for this machine's CPU, so only target 'x86' "
                           f"runs them")
-    return replace(spec, layout=AUTO_LAYOUT[spec.name] if layout == "auto" else layout,
-                   library=library, library_ops=tuple(library_ops or DEFAULT_LIBRARY_OPS))
+    if library == "auto":
+        from prunepass.backends.tvm.library.build import find_blas
+        try:
+            library = find_blas("auto").backend
+        except LibraryError:  # neither is installed: building will say what to install
+            library = "openblas"
+    ops = tuple(library_ops or LIBRARY_DEFAULT_OPS.get(library or "", DEFAULT_LIBRARY_OPS))
+    onednn_convs = library == "onednn" and "conv2d" in ops
+    if onednn_convs and layout not in ("auto", "nhwc"):
+        raise TargetError(f"layout {layout!r} with library 'onednn': its convolutions take "
+                          f"channels-last activations; use layout 'nhwc' (or 'auto'), or "
+                          f"library_ops without conv2d")
+    if layout == "auto":
+        # oneDNN's convolutions take channels-last activations: the model is converted to them
+        layout = "nhwc" if onednn_convs else AUTO_LAYOUT[spec.name]
+    return replace(spec, layout=layout, library=library, library_ops=ops)
 
 
 def _x86(tvm: Any, mcpu: str | None, num_cores: int | None,

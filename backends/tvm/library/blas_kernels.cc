@@ -95,8 +95,8 @@ bool Sgemm(bool trans_b, int64_t M, int64_t N, int64_t K, const float* a, int64_
 // the library's thread count for GEMMs issued from the calling thread
 void SetLibraryThreads(int n) {
 #if defined(PRUNEPASS_BLAS_DNNL)
-  thread_local int current = -1;  // an OpenMP setting of the calling thread
-  if (current != n) omp_set_num_threads(current = n);
+  // an OpenMP setting of the calling thread, which dnnl_conv.cc also sets: read, not cached
+  if (omp_get_max_threads() != n) omp_set_num_threads(n);
 #elif defined(PRUNEPASS_BLAS_CBLAS)
   (void)n;  // a plain cblas has no portable setter: use its environment variable
 #else

@@ -1,5 +1,6 @@
-"""Compile blas_kernels.cc into libprunepass_blas.so against tvm-ffi's headers and a BLAS:
-OpenBLAS from PyPI (scipy-openblas32) or oneDNN from the system (Debian's libdnnl-dev)."""
+"""Compile blas_kernels.cc (and, for oneDNN, dnnl_conv.cc) into libprunepass_blas.so against
+tvm-ffi's headers and a BLAS: OpenBLAS from PyPI (scipy-openblas32), or oneDNN from PyPI
+(onednn-devel-cpu-gomp) or the system (Debian's libdnnl-dev)."""
 from __future__ import annotations
 
 import hashlib
@@ -14,11 +15,14 @@ from pathlib import Path
 from prunepass.backends.tvm.errors import LibraryError, ToolchainError
 
 SOURCE = Path(__file__).with_name("blas_kernels.cc")
+DNNL_SOURCE = Path(__file__).with_name("dnnl_conv.cc")  # oneDNN builds: direct convolutions
 LIBRARY_NAME = "libprunepass_blas.so"  # one name for every backend: a model links to this
 BACKENDS = ("openblas", "onednn")
 OPENBLAS_PACKAGE = "scipy-openblas32"
 OPENBLAS_INSTALL = f"pip install {OPENBLAS_PACKAGE} (or pip install 'prunepass[blas]')"
-ONEDNN_INSTALL = "apt-get install libdnnl-dev (Debian/Ubuntu), or pass dnnl_prefix="
+ONEDNN_PACKAGE = "onednn-devel-cpu-gomp"
+ONEDNN_INSTALL = (f"pip install {ONEDNN_PACKAGE} (or pip install 'prunepass[onednn]'), "
+                  f"apt-get install libdnnl-dev, or pass dnnl_prefix=")
 CXX_INSTALL = "apt-get install g++ (Debian/Ubuntu), or set CXX to a C++17 compiler"
 # The soname lets a model linked against one copy of the extension (link_options) use any
 # copy already loaded in the process: a second copy would register prunepass.blas.* again,
@@ -55,19 +59,29 @@ def find_compiler() -> str:
                          f"({' or '.join(candidates)} not found); {CXX_INSTALL}")
 
 
-def find_blas(backend: str = "auto", dnnl_prefix: str | Path = "/usr") -> Blas:
+def dnnl_prefixes() -> list[Path]:
+    """Where oneDNN is looked for: this Python environment (the PyPI wheel installs into its
+    include/ and lib/), then /usr."""
+    import sys
+    return [Path(sys.prefix), Path("/usr")]
+
+
+def find_blas(backend: str = "auto", dnnl_prefix: str | Path | None = None) -> Blas:
     """The BLAS for ``backend``: "openblas" (the scipy-openblas32 wheel), "onednn" (dnnl.h and
-    libdnnl.so under dnnl_prefix), or "auto" (oneDNN where it is installed, else OpenBLAS)."""
+    libdnnl.so under dnnl_prefix, default dnnl_prefixes()), or "auto" (oneDNN where it is
+    installed, else OpenBLAS)."""
     if backend not in ("auto", *BACKENDS):
         raise LibraryError(f"unknown library backend {backend!r}: use auto, "
                            f"{', '.join(BACKENDS)}")
     if backend in ("auto", "onednn"):
-        found = _find_onednn(Path(dnnl_prefix))
-        if found is not None:
-            return found
+        prefixes = dnnl_prefixes() if dnnl_prefix is None else [Path(dnnl_prefix)]
+        for prefix in prefixes:
+            found = _find_onednn(prefix)
+            if found is not None:
+                return found
         if backend == "onednn":
-            raise LibraryError(f"oneDNN not found under {dnnl_prefix} (include/oneapi/dnnl/"
-                               f"dnnl.h and libdnnl.so); {ONEDNN_INSTALL}")
+            raise LibraryError(f"oneDNN not found under {' or '.join(map(str, prefixes))} "
+                               f"(include/oneapi/dnnl/dnnl.h and libdnnl.so); {ONEDNN_INSTALL}")
     return _find_openblas()
 
 
@@ -95,10 +109,18 @@ def _find_onednn(prefix: Path) -> Blas | None:
         if (lib_dir / "libdnnl.so").exists():
             version = _dnnl_version(prefix / "include" / "oneapi" / "dnnl" / "dnnl_version.h")
             return Blas("onednn", str(prefix / "include"), str(lib_dir),
-                        str((lib_dir / "libdnnl.so").resolve()),
+                        str(_soname_file(lib_dir, "libdnnl.so")),
                         (f"-L{lib_dir}", "-ldnnl", "-fopenmp"),
                         ("-DPRUNEPASS_BLAS_DNNL", "-fopenmp"), version)
     return None
+
+
+def _soname_file(lib_dir: Path, name: str) -> Path:
+    """The file a program linked with ``name`` loads: its soname, libdnnl.so.3 for
+    libdnnl.so (the shortest versioned name beside it), so a copy of it beside a model is
+    found under that name."""
+    versioned = sorted(lib_dir.glob(name + ".*"), key=lambda p: len(p.name))
+    return versioned[0] if versioned else (lib_dir / name).resolve()
 
 
 def _dnnl_version(header: Path) -> str:
@@ -111,7 +133,7 @@ def _dnnl_version(header: Path) -> str:
 
 
 def build_extension(out_dir: str | Path | None = None, backend: str = "auto", *,
-                    dnnl_prefix: str | Path = "/usr", force: bool = False) -> Path:
+                    dnnl_prefix: str | Path | None = None, force: bool = False) -> Path:
     """Compile the kernels into ``out_dir/libprunepass_blas.so`` (default: a folder in
     cache_dir() keyed by the source, compiler, tvm-ffi and BLAS) and return its path; reuses
     a previous build with the same key unless ``force``. Writes libprunepass_blas.json beside
@@ -124,8 +146,10 @@ def build_extension(out_dir: str | Path | None = None, backend: str = "auto", *,
     blas = find_blas(backend, dnnl_prefix)
     ffi_include = libinfo.find_include_path()
     ffi_lib = Path(libinfo.find_libtvm_ffi())
+    sources = [SOURCE, DNNL_SOURCE] if blas.backend == "onednn" else [SOURCE]
     key = hashlib.sha256("\0".join([
-        SOURCE.read_text(), cxx, _compiler_version(cxx), tvm_ffi.__version__, str(ffi_lib),
+        *(source.read_text() for source in sources), cxx, _compiler_version(cxx),
+        tvm_ffi.__version__, str(ffi_lib),
         json.dumps(asdict(blas)), *LINK_FLAGS]).encode()).hexdigest()[:16]
     out = Path(out_dir) if out_dir is not None else cache_dir() / f"{blas.backend}-{key}"
     library = out / LIBRARY_NAME
@@ -142,7 +166,7 @@ def build_extension(out_dir: str | Path | None = None, backend: str = "auto", *,
         partial = Path(tmp.name)
     command = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", *blas.defines,
                f"-I{ffi_include}", f"-I{libinfo.find_dlpack_include_path()}",
-               f"-I{blas.include_dir}", str(SOURCE), "-o", str(partial),
+               f"-I{blas.include_dir}", *map(str, sources), "-o", str(partial),
                f"-L{ffi_lib.parent}", "-ltvm_ffi", *blas.link, "-ldl",
                f"-Wl,-rpath,{rpath}", *LINK_FLAGS]
     try:
@@ -152,9 +176,10 @@ def build_extension(out_dir: str | Path | None = None, backend: str = "auto", *,
         raise ToolchainError(f"{Path(cxx).name} could not compile {SOURCE.name}: {err}") from err
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
+        names = " + ".join(source.name for source in sources)
         first = next((line for line in done.stderr.splitlines() if "error" in line),
                      done.stderr.strip()[:300])
-        raise ToolchainError(f"{Path(cxx).name} failed on {SOURCE.name} ({blas.backend}): "
+        raise ToolchainError(f"{Path(cxx).name} failed on {names} ({blas.backend}): "
                              f"{first}")
     os.replace(partial, library)  # atomic: a concurrent build never sees half a library
     info.write_text(json.dumps({"key": key, "library": LIBRARY_NAME, **asdict(blas),
