@@ -14,8 +14,10 @@ Backends (all measured here, same inputs):
   ort-onnx  onnxruntime on the dense model's ONNX export pruned *as ONNX* (the ONNX route;
             its MACs and parameters are checked against the torch route)
   tvm       TVM untuned (default schedules: slow on CPU, shown for completeness)
-  tvm-lib   TVM with matmuls, linear layers and convolutions through OpenBLAS (library
-            kernels), the rest tuned for --lib-tune-minutes
+  tvm-lib   TVM with matmuls, linear layers and convolutions through --library's kernels
+            (oneDNN: its convolution primitive on NHWC, batch norms, activations and
+            residual adds fused; openblas: im2col + GEMM), the rest tuned for
+            --lib-tune-minutes
   tvm-tuned TVM with MetaSchedule, --trials-per-task trials for every kernel (or
             --tune-minutes for all of a model's variants together); a model's
             variants are tuned together in one call into an empty database (the cost model
@@ -23,8 +25,9 @@ Backends (all measured here, same inputs):
             pruned get the same budget and search (a database kept between runs gave dense
             resnet18 schedules tuned by an older, blind search: 56 ms against 24 ms tuned
             alike)
-Variants of one model are timed in alternating rounds in one process; every latency is the
-median over rounds (IQR beside it), every speedup the median of per-round ratios. Speed
+All backends' variants of one model are timed in one rotation of alternating rounds in one
+process (untuned TVM in a short rotation of its own); every latency is the median over
+rounds (IQR beside it), every speedup the median of per-round ratios. Speed
 efficiency = speedup / MACs reduction (1.0: latency falls as fast as MACs).
 
     python benchmarks/speed.py [--models resnet18,...] [--ratios 0.3,0.5]
@@ -133,8 +136,9 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
         row["variants"][key] = {k: (str(val) if isinstance(val, Path) else val)
                                 for k, val in v.items() if k != "module"}
         row["variants"][key]["macs_reduction"] = variants["dense"]["macs"] / v["macs"]
+    timed: dict[str, dict] = {}  # backend -> variant -> runner
     for backend in backends:
-        runners = {}
+        runners = timed[backend] = {}
         spec = tvm_target(backend, args) if backend.startswith("tvm") else None
         if backend in TUNED:
             minutes = args.tune_minutes if backend == "tvm-tuned" else args.lib_tune_minutes
@@ -157,17 +161,29 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
                 runners[key] = runner(
                     "tvm", v["module"], (x,), out_dir=tmp / f"{backend}-{key}", progress=False,
                     target=spec, database=(tmp / f"{backend}-db") if backend in TUNED else None)
-        slow = backend == "tvm"
-        rounds = alternate(runners, rounds=2 if slow else args.rounds,
-                           repeats=1 if slow else args.repeats, number=1, warmup=1 if slow else 3)
+    # every backend's variants in one rotation, so that backends compare side by side (a
+    # slow spell between two backends' turns would otherwise show as a backend's ratio);
+    # untuned TVM, seconds per run, in a short rotation of its own
+    rounds: dict[str, list[float]] = {}
+    for group in ([b for b in backends if b != "tvm"], [b for b in backends if b == "tvm"]):
+        if not group:
+            continue
+        slow = group == ["tvm"]
+        rounds.update(alternate({f"{b}|{k}": r for b in group for k, r in timed[b].items()},
+                                rounds=2 if slow else args.rounds,
+                                repeats=1 if slow else args.repeats, number=1,
+                                warmup=1 if slow else 3))
+    for backend in backends:
         for key in variants:
-            cell = {"latency_ms": Spread.of(rounds[key]).to_dict(), "rounds_ms": rounds[key]}
+            mine = rounds[f"{backend}|{key}"]
+            cell = {"latency_ms": Spread.of(mine).to_dict(), "rounds_ms": mine,
+                    "rotation": "own" if backend == "tvm" else "shared"}
             if key != "dense":
-                up = speedup(rounds["dense"], rounds[key])
+                up = speedup(rounds[f"{backend}|dense"], mine)
                 cell["speedup"] = up.to_dict()
                 cell["efficiency"] = up.median / row["variants"][key]["macs_reduction"]
             row["variants"][key][backend] = cell
-        del runners
+    del timed
     return row
 
 
@@ -175,9 +191,9 @@ TUNED = ("tvm-tuned", "tvm-lib")
 
 
 def tvm_target(backend: str, args: argparse.Namespace):  # noqa: ANN201
-    """tvm-lib: matmuls, linear layers and convolutions through OpenBLAS (the rest tuned)."""
+    """tvm-lib: matmuls, linear layers and convolutions through --library (the rest tuned)."""
     if backend == "tvm-lib":
-        return resolve_target("x86", layout="nchw", library="openblas",
+        return resolve_target("x86", library=args.library,
                               library_ops=("dense", "matmul", "conv2d"))
     return resolve_target("x86", layout=args.layout)
 
@@ -242,7 +258,7 @@ def summary(rows: list[dict], backends: list[str]) -> dict:
                                   "min_speedup": float(min(ups)),
                                   "slower": sum(u < 1.0 for u in ups), "n": len(cells)}
     for tvm in (b for b in backends if b.startswith("tvm") and "ort" in backends):
-        ratios = {r["model"]: {k: v[tvm]["latency_ms"]["median"] / v["ort"]["latency_ms"]["median"]
+        ratios = {r["model"]: {k: latency_ratio(v[tvm], v["ort"])
                                for k, v in r["variants"].items() if tvm in v and "ort" in v}
                   for r in rows}
         flat = [x for per in ratios.values() for x in per.values()]
@@ -250,6 +266,16 @@ def summary(rows: list[dict], backends: list[str]) -> dict:
             out[f"{tvm}/ort"] = {"latency_ratio": ratios, "median": float(np.median(flat)),
                                  "max": float(max(flat)), "n": len(flat)}
     return out
+
+
+def latency_ratio(cell: dict, ort: dict) -> float:
+    """``cell``'s latency over onnxruntime's: the median of per-round ratios (both were timed
+    in the same rounds of one rotation), or of the medians for older results whose backends
+    were timed one after another."""
+    a, b = cell.get("rounds_ms", []), ort.get("rounds_ms", [])
+    if cell.get("rotation") == ort.get("rotation") == "shared" and len(a) == len(b) > 0:
+        return float(np.median([x / y for x, y in zip(a, b)]))
+    return cell["latency_ms"]["median"] / ort["latency_ms"]["median"]
 
 
 def plot(rows: list[dict], backends: list[str], path: Path) -> None:
@@ -290,6 +316,8 @@ def main() -> None:
                     "model (all its variants tuned together) instead of --trials-per-task")
     ap.add_argument("--layout", default="auto", help="tvm: convolution layout (auto, nchw, "
                     "nhwc, nchwc)")
+    ap.add_argument("--library", default="onednn", help="tvm-lib: the library kernels "
+                    "(onednn, openblas)")
     ap.add_argument("--lib-tune-minutes", type=float, default=3.0, help="tvm-lib: the budget "
                     "for what the library does not take (elementwise ops, pools)")
     ap.add_argument("--out", default="speed.json")
