@@ -48,7 +48,7 @@ COMPILE = textwrap.dedent("""
             x = self.stem(x)
             x = torch.relu(self.bn_a(self.conv_a(x)) + x)        # residual add, then ReLU
             x = nn.functional.relu6(self.bn_dw(self.dw(x)))     # depthwise, dilated, ReLU6
-            x = torch.sigmoid(self.grouped(x))                  # not fusable: stays in TVM
+            x = torch.sigmoid(self.grouped(x))                  # grouped, not depthwise
             x = nn.functional.silu(self.bn_w(self.wide(x)))        # SiLU
             x = x * torch.sigmoid(self.se(x.mean((2, 3), keepdim=True)))  # squeeze-excite
             y = self.conv_b(x)
@@ -125,8 +125,8 @@ def test_convolutions_fuse_what_follows_and_equal_torch(compiled):
     assert result["layout"] == "nhwc" and result["ops"] == ["dense", "matmul", "conv2d"]
     assert result["max_error"] < 1e-4
     convs = [line for line in result["offloaded"] if line.startswith("dnnl_conv2d")]
-    assert len(convs) == 6
-    stem, conv_a, dw, wide, se, conv_b = convs
+    assert len(convs) == 7
+    stem, conv_a, dw, grouped, wide, se, conv_b = convs
     # batch norm (decomposed: subtract, divide, multiply, add) folded, ReLU a post-op
     assert "stride 2x2 +subtract +divide +multiply +add +relu [" in stem
     # bias, its own batch norm, then the residual add and the ReLU after it
@@ -135,10 +135,10 @@ def test_convolutions_fuse_what_follows_and_equal_torch(compiled):
     assert "*(8, 24, 1, 3) stride 1x2 +add +subtract +divide +multiply +add +silu [" in wide
     assert "(2, 1, 1, 8)*(8, 8, 1, 1) stride 1x1 +add +sigmoid [" in se
     assert conv_b.split("[")[0].endswith("+add +silu ")
-    # a grouped convolution that is not depthwise stays in NCHW (the layout conversion
-    # keeps it), so in TVM, with the reason
-    assert result["kept"] == ["conv2d (2, 16, 10, 9)*(24, 4, 1, 1): layouts NCHW/OIHW/NCHW "
-                              "(oneDNN's kernels here take NHWC)"]
+    # a grouped convolution that is not depthwise goes NHWC too; the sigmoid after it
+    # follows a bias add, so it is fused as well
+    assert "*(24, 4, 1, 1) groups 4 stride 1x1 +add +sigmoid [" in grouped
+    assert result["kept"] == []
     assert [line.split()[0] for line in result["offloaded"]].count("matmul_bias") == 1
     assert result["kernels"] == ["prunepass.blas.dnnl_conv2d", "prunepass.blas.matmul_bias"]
     assert result["files"] == ["libprunepass_blas.so", "libdnnl.so.3"]

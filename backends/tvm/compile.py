@@ -134,7 +134,8 @@ def prepare_with_report(mod: Any, spec: TargetSpec, offload: OffloadReport | Non
         # oneDNN's convolutions: the model in NHWC first, then the convolutions (with what
         # follows them) matched on the high-level operators
         from prunepass.backends.tvm.library.conv_offload import offload_conv_nhwc
-        mod, layout = convert_layout(mod, spec.layout, spec.lanes, legalize=False)
+        mod, layout = convert_layout(mod, spec.layout, spec.lanes, legalize=False,
+                                     grouped=True)
         return offload_conv_nhwc(mod, report=report), layout
 
 

@@ -39,13 +39,14 @@ def channel_block(channels: int, lanes: int) -> int:
     return max(b for b in range(1, lanes + 1) if channels % b == 0)
 
 
-def convert_layout(mod: Any, layout: str, lanes: int, *, legalize: bool = True
-                   ) -> tuple[Any, LayoutReport]:
+def convert_layout(mod: Any, layout: str, lanes: int, *, legalize: bool = True,
+                   grouped: bool = False) -> tuple[Any, LayoutReport]:
     """``mod`` with its 2-D convolutions in ``layout`` ("nchw": unchanged, "nhwc", "nchwc"),
     legalized where Relax cannot, weights transformed; ``lanes``: float32 lanes of the
     target's vectors (16 with AVX-512, 8 with AVX2, 4 with NEON or SSE). legalize=False
     leaves the operators high-level (for a rewrite that matches them; NHWC and NCHW only:
-    the build's LegalizeOps has no rule for channel blocks)."""
+    the build's LegalizeOps has no rule for channel blocks). grouped=True converts grouped
+    convolutions to NHWC too (for oneDNN's kernels, which take them; TVM's are not used)."""
     import tvm
     from tvm import relax
 
@@ -60,7 +61,7 @@ def convert_layout(mod: Any, layout: str, lanes: int, *, legalize: bool = True
     def choose(call: Any) -> dict[str, list[str]]:
         if call.op.name != CONV:
             return {}
-        wanted = _desired(call, layout, lanes, report)
+        wanted = _desired(call, layout, lanes, report, grouped)
         return {CONV: wanted}
 
     original = mod
@@ -83,7 +84,8 @@ def convert_layout(mod: Any, layout: str, lanes: int, *, legalize: bool = True
     return mod, report
 
 
-def _desired(call: Any, layout: str, lanes: int, report: LayoutReport) -> list[str]:
+def _desired(call: Any, layout: str, lanes: int, report: LayoutReport,
+             grouped: bool = False) -> list[str]:
     """[data, kernel, output] layouts for one convolution, or NCHW with a note in ``report``."""
     attrs = call.attrs
     data_shape = [int(d) for d in call.args[0].ty.shape]
@@ -95,7 +97,7 @@ def _desired(call: Any, layout: str, lanes: int, report: LayoutReport) -> list[s
         report.kept.append(f"{what}: written in {attrs.data_layout}/{attrs.kernel_layout}")
         return [str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)]
     if layout == "nhwc":
-        if groups != 1 and not groups == c_in == c_out:
+        if groups != 1 and not groups == c_in == c_out and not grouped:
             report.kept.append(f"{what}: {groups} groups (only depthwise or plain go NHWC)")
             return keep
         report.converted += 1
