@@ -26,7 +26,7 @@ cross-compiler:
 	@command -v aarch64-linux-gnu-gcc >/dev/null || \
 	  { apt-get update -qq && apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null; }
 
-# TVM's library kernels (--library openblas) are a C++ extension built on first use
+# TVM's library kernels (--library) are a C++ extension built on first use
 cxx:
 	@command -v g++ >/dev/null || \
 	  { apt-get update -qq && apt-get install -y -qq g++ >/dev/null; }

@@ -123,7 +123,6 @@ def prepare_with_report(mod: Any, spec: TargetSpec, offload: OffloadReport | Non
                                         relax.transform.CanonicalizeBindings(),
                                         relax.transform.FoldConstant()])(mod)
         report = offload if offload is not None else OffloadReport()
-        _library_extension(spec)  # loaded (built once): it decides and packs what it takes
         direct = _direct_convolutions(spec)
         if spec.library:  # on the high-level matmuls, before convert_layout legalizes them
             from prunepass.backends.tvm.library import offload_dense
@@ -134,6 +133,7 @@ def prepare_with_report(mod: Any, spec: TargetSpec, offload: OffloadReport | Non
         # oneDNN's convolutions: the model in NHWC first, then the convolutions (with what
         # follows them) matched on the high-level operators
         from prunepass.backends.tvm.library.conv_offload import offload_conv_nhwc
+        _library_extension(spec)  # the oneDNN kernels pack the weights
         mod, layout = convert_layout(mod, spec.layout, spec.lanes, legalize=False,
                                      grouped=True)
         return offload_conv_nhwc(mod, report=report), layout
@@ -142,18 +142,23 @@ def prepare_with_report(mod: Any, spec: TargetSpec, offload: OffloadReport | Non
 def _direct_convolutions(spec: TargetSpec) -> bool:
     """Whether the target's convolutions go to oneDNN's convolution primitive (a oneDNN
     library, conv2d among its operators, NHWC), rather than im2col and a GEMM."""
-    if not spec.library or "conv2d" not in spec.library_ops or spec.layout != "nhwc":
-        return False
-    from prunepass.backends.tvm.library import _registered_backend
-    return _registered_backend() == "onednn"
+    return (spec.library == "onednn" and "conv2d" in spec.library_ops
+            and spec.layout == "nhwc")
+
+
+_EXTENSIONS: dict[str, Path] = {}  # library -> the extension built and loaded in this process
 
 
 def _library_extension(spec: TargetSpec) -> Path | None:
-    """With spec.library: the library kernels built (cached) and loaded into this process."""
+    """With spec.library: the library kernels built (cached on disk) and loaded into this
+    process, once per process (a build's key hashes the sources and asks the compiler its
+    version)."""
     if not spec.library:
         return None
-    from prunepass.backends.tvm.library import build_extension, load_extension
-    return load_extension(build_extension(backend=spec.library))
+    if spec.library not in _EXTENSIONS:
+        from prunepass.backends.tvm.library import build_extension, load_extension
+        _EXTENSIONS[spec.library] = load_extension(build_extension(backend=spec.library))
+    return _EXTENSIONS[spec.library]
 
 
 def build(mod: Any, spec: TargetSpec, database: Any | None = None) -> Any:

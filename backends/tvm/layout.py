@@ -57,6 +57,10 @@ def convert_layout(mod: Any, layout: str, lanes: int, *, legalize: bool = True,
     if layout == "nchw":
         report.converted = _count_convs(mod)
         return mod, report
+    if not legalize and layout == "nchwc":
+        from prunepass.backends.tvm.errors import TargetError
+        raise TargetError("channel blocks (nchwc) need prunepass's legalization: "
+                          "convert_layout(..., legalize=True)")
 
     def choose(call: Any) -> dict[str, list[str]]:
         if call.op.name != CONV:
@@ -74,10 +78,6 @@ def convert_layout(mod: Any, layout: str, lanes: int, *, legalize: bool = True,
             f"all convolutions: Relax's ConvertLayout failed ({str(err).splitlines()[0]})"])
         return original, report
     report.edge_transforms = _activation_transforms(mod) - before
-    if not legalize and layout == "nchwc":
-        from prunepass.backends.tvm.errors import TargetError
-        raise TargetError("channel blocks (nchwc) need prunepass's legalization: "
-                          "convert_layout(..., legalize=True)")
     passes = [relax.transform.LegalizeOps({CONV: legalize_blocked})] if legalize else []
     # the weights' layout transforms, done once here
     mod = tvm.transform.Sequential([*passes, relax.transform.FoldConstant()])(mod)

@@ -67,9 +67,6 @@ def load_library(library: str | Path, device: str, inputs: list[TensorSpec],
         raise BackendError(f"this machine has no {device} device to run {library} on; run it "
                            f"on one through an RPC tracker")
     if kernels:
-        from prunepass.backends.tvm.library import PREFIX, share_cores_with_onednn
-        if any(k.startswith(PREFIX + "dnnl") for k in kernels):
-            share_cores_with_onednn()
         _load_kernels(library, kernels)
     try:
         module = tvm.runtime.load_module(str(library))

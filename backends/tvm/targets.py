@@ -32,7 +32,7 @@ LIBRARIES = ("auto", "openblas", "onednn")
 # default: docs/tvm.md, "Library kernels").
 LIBRARY_OPS = ("dense", "matmul", "conv2d")
 DEFAULT_LIBRARY_OPS = ("dense", "matmul")
-LIBRARY_DEFAULT_OPS = {"onednn": ("dense", "matmul", "conv2d"), "openblas": DEFAULT_LIBRARY_OPS}
+LIBRARY_DEFAULT_OPS = {"onednn": LIBRARY_OPS}  # the others: DEFAULT_LIBRARY_OPS
 
 
 @dataclass(frozen=True)

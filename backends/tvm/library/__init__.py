@@ -65,14 +65,14 @@ def load_extension(path: str | Path) -> Path:
         # one too would register prunepass.blas.* twice, which aborts the process
         _check_backend(path)
         return path
-    if describe(path).get("backend") == "onednn":
-        share_cores_with_onednn()
     try:
         _LOADED[str(path)] = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
     except OSError as err:
         raise LibraryError(f"cannot load the library kernels {path}: {err}; the BLAS it "
                            f"links must be installed ({OPENBLAS_INSTALL}, or oneDNN for an "
                            f"onednn build)") from err
+    if _registered_backend() == "onednn":  # asked of the kernels: a bundled copy has no JSON
+        share_cores_with_onednn()
     return path
 
 

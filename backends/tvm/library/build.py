@@ -169,14 +169,14 @@ def build_extension(out_dir: str | Path | None = None, backend: str = "auto", *,
                f"-I{blas.include_dir}", *map(str, sources), "-o", str(partial),
                f"-L{ffi_lib.parent}", "-ltvm_ffi", *blas.link, "-ldl",
                f"-Wl,-rpath,{rpath}", *LINK_FLAGS]
+    names = " + ".join(source.name for source in sources)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as err:
         partial.unlink(missing_ok=True)
-        raise ToolchainError(f"{Path(cxx).name} could not compile {SOURCE.name}: {err}") from err
+        raise ToolchainError(f"{Path(cxx).name} could not compile {names}: {err}") from err
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
-        names = " + ".join(source.name for source in sources)
         first = next((line for line in done.stderr.splitlines() if "error" in line),
                      done.stderr.strip()[:300])
         raise ToolchainError(f"{Path(cxx).name} failed on {names} ({blas.backend}): "

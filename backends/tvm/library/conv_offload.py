@@ -14,7 +14,6 @@ reorders them. Run it after ConvertLayout to NHWC (convert_layout(..., legalize=
 before LegalizeOps."""
 from __future__ import annotations
 
-import logging
 import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,7 +27,6 @@ from prunepass.backends.tvm.library.offload import (PREFIX, OffloadReport, _shap
 FUNCTION = PREFIX + "dnnl_conv2d"
 CLIP, ADD, SWISH, LOGISTIC = 1, 2, 3, 4  # post-op kinds, as dnnl_conv.cc reads them
 FLT_MAX = float(np.finfo(np.float32).max)
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,6 +104,7 @@ _CLASS: list = []
 def _mutator_class(tvm: Any, relax: Any) -> type:
     if _CLASS:
         return _CLASS[0]
+    stand_in = relax.const(np.zeros(0, np.float32))  # see _emit
     op = tvm.ir.Op.get
     conv2d_op = op("relax.nn.conv2d")
     affine = {op("relax.add"): "add", op("relax.subtract"): "subtract",
@@ -165,8 +164,9 @@ def _mutator_class(tvm: Any, relax: Any) -> type:
             return None
 
         def _emit(self, conv: _Conv, out_ty: Any) -> Any:
-            args = [conv.x, relax.const(conv.weight), relax.const(conv.bias), *conv.src1,
-                    relax.ShapeExpr(_params(conv, 0))]
+            # weights, bias and params stand in until _pack_weights makes them from ``conv``:
+            # a call per fused op, so no copy of the weights for each
+            args = [conv.x, stand_in, stand_in, *conv.src1, relax.ShapeExpr([])]
             out = relax.call_dps_packed(relax.ExternFunc(FUNCTION), relax.Tuple(args),
                                         out_ty=out_ty)
             self.pending[out] = conv
@@ -180,15 +180,15 @@ def _mutator_class(tvm: Any, relax: Any) -> type:
                            (("x", x.ty, 4), ("w", w.ty, 4), ("the result", orig.ty, 4))
                            if (r := _why_not(ty, rank))), None)
             layouts = (str(at.data_layout), str(at.kernel_layout), str(at.out_layout))
-            weight = _constant(w)
             if reason is None and layouts not in (("NHWC", "OHWI", "NHWC"),
                                                   ("NHWC", "HWIO", "NHWC")):
                 reason = f"layouts {'/'.join(layouts)} (oneDNN's kernels here take NHWC)"
-            if reason is None and weight is None:
-                reason = "the weights are not a constant"
             if reason is None and at.out_dtype is not None and str(at.out_dtype) not in (
                     "", "void", "float32"):
                 reason = f"out_dtype {at.out_dtype}"
+            weight = _constant(w) if reason is None else None
+            if reason is None and weight is None:
+                reason = "the weights are not a constant"
             if reason is not None:
                 self.kept.append(f"conv2d {desc}: {reason}")
                 return new
@@ -307,9 +307,9 @@ def _pack_weights(tvm: Any, relax: Any, mod: Any, pending: dict, report: Offload
                                                                                          2)
             packed = tvm.runtime.tensor(np.zeros(int(floats), np.float32))
             pack(x_shape, tvm.runtime.tensor(conv.weight), probe, packed)
-            args = list(new.args[1].fields)
-            args[1] = relax.const(packed.numpy())
-            args[-1] = relax.ShapeExpr(_params(conv, int(fmt_hash)))
+            x, _, _, *src1, _ = new.args[1].fields  # weights, bias, params: stand-ins
+            args = [x, relax.const(packed.numpy()), relax.const(conv.bias), *src1,
+                    relax.ShapeExpr(_params(conv, int(fmt_hash)))]
             fused = f" +{' +'.join(conv.fused)}" if conv.fused else ""
             report.offloaded.append(f"dnnl_conv2d {conv.desc}{fused} [{kernel}]")
             return relax.call_dps_packed(new.args[0], relax.Tuple(args), out_ty=call.ty)

@@ -142,18 +142,20 @@ struct Conv {
   }
 };
 
+// FNV-1a over integers, continuing from ``h``
+template <typename Ints>
+uint64_t Fnv(const Ints& values, uint64_t h = 1469598103934665603ull) {
+  for (auto v : values) h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ull;
+  return h;
+}
+
 // a hash of a memory format (dims, strides, blocking): the same for the same CPU and oneDNN
 int64_t FormatHash(const dnnl::memory::desc& md) {
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&h](int64_t v) {
-    h ^= static_cast<uint64_t>(v);
-    h *= 1099511628211ull;
-  };
-  for (auto v : md.get_dims()) mix(v);
-  for (auto v : md.get_padded_dims()) mix(v);
-  for (auto v : md.get_strides()) mix(v);
-  for (auto v : md.get_inner_blks()) mix(v);
-  for (auto v : md.get_inner_idxs()) mix(v);
+  uint64_t h = Fnv(md.get_dims());
+  h = Fnv(md.get_padded_dims(), h);
+  h = Fnv(md.get_strides(), h);
+  h = Fnv(md.get_inner_blks(), h);
+  h = Fnv(md.get_inner_idxs(), h);
   return static_cast<int64_t>(h & 0x7fffffffffffull);  // fits a shape value exactly
 }
 
@@ -170,9 +172,7 @@ struct Entry {
 
 struct KeyHash {
   size_t operator()(const std::vector<int64_t>& key) const {
-    uint64_t h = 1469598103934665603ull;
-    for (int64_t v : key) h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ull;
-    return static_cast<size_t>(h);
+    return static_cast<size_t>(Fnv(key));
   }
 };
 
