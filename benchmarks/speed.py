@@ -13,7 +13,7 @@ Backends (all measured here, same inputs):
   ort       onnxruntime, T intra-op threads, on the torch-exported pruned model
   ort-onnx  onnxruntime on the dense model's ONNX export pruned *as ONNX* (the ONNX route;
             its MACs and parameters are checked against the torch route)
-  tvm       TVM untuned (default schedules: slow on CPU, shown for completeness)
+  tvm       TVM untuned (default schedules: convolutions slow on CPU, for completeness)
   tvm-lib   TVM with matmuls, linear layers and convolutions through --library's kernels
             (oneDNN: its convolution primitive on NHWC, batch norms, activations and
             residual adds fused; openblas: im2col + GEMM), the rest tuned for
@@ -140,7 +140,8 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     for backend in backends:
         runners = timed[backend] = {}
         spec = tvm_target(backend, args) if backend.startswith("tvm") else None
-        if backend in TUNED:
+        tuned = backend in TUNED and not (backend == "tvm-lib" and args.lib_tune_minutes == 0)
+        if tuned:
             minutes = args.tune_minutes if backend == "tvm-tuned" else args.lib_tune_minutes
             report = tune_together([v["module"] for v in variants.values()], x,
                                    tmp / f"{backend}-db", args.trials_per_task, minutes, spec)
@@ -160,7 +161,7 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path) -> dict:
                 # already tuned: the database only applies
                 runners[key] = runner(
                     "tvm", v["module"], (x,), out_dir=tmp / f"{backend}-{key}", progress=False,
-                    target=spec, database=(tmp / f"{backend}-db") if backend in TUNED else None)
+                    target=spec, database=(tmp / f"{backend}-db") if tuned else None)
     # every backend's variants in one rotation, so that backends compare side by side (a
     # slow spell between two backends' turns would otherwise show as a backend's ratio);
     # untuned TVM, seconds per run, in a short rotation of its own
@@ -319,7 +320,8 @@ def main() -> None:
     ap.add_argument("--library", default="onednn", help="tvm-lib: the library kernels "
                     "(onednn, openblas)")
     ap.add_argument("--lib-tune-minutes", type=float, default=3.0, help="tvm-lib: the budget "
-                    "for what the library does not take (elementwise ops, pools)")
+                    "for what the library does not take (elementwise ops, pools); 0: untuned, "
+                    "those kernels on the default CPU schedules")
     ap.add_argument("--out", default="speed.json")
     ap.add_argument("--into", help="a previous result (under benchmarks/results) whose rows "
                     "for the models measured now are replaced; the rest are kept, each "

@@ -334,8 +334,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         for line in compiled.offload.kept:
             print(f"    kept in TVM: {line}")
     if not args.trials and not args.tune_minutes:
-        print("  untuned: TVM's default schedules (plain loops on a CPU, slow); pass "
-              "--tune-minutes M (or --trials N) to tune")
+        print("  untuned: default schedules (on a CPU: parallel, vectorized loops; TVM's own "
+              "convolutions and matmuls stay slow); pass --tune-minutes M (or --trials N) "
+              "to tune")
     for p in compiled.device_code:
         print(f"  device code {p}")
     if compiled.tuning is not None:

@@ -172,7 +172,7 @@ class LayerLatency:
     ``backend`` ("ort", "torch" or "tvm": compiled for this CPU) with ``threads`` intra-op
     threads (0: the backend's default), measured once and kept in the JSON file ``cache``
     (None: in memory only). ``trials``: tvm only, MetaSchedule trials per kernel before
-    timing (0: TVM's default schedules, which on a CPU are plain loops)."""
+    timing (0: untuned, the default schedules)."""
 
     def __init__(self, backend: str = "ort", threads: int = 0,
                  cache: str | Path | None = "default", repeats: int = 15,

@@ -63,7 +63,8 @@ def compile_model(model: Any, example_inputs: Sequence[Any] | Any = None,
         ONNX file path / ModelProto; example_inputs: the torch model's inputs (ignored for ONNX).
     target: "x86" (host CPU, -mcpu detected), "aarch64" (cross-compiled with
         aarch64-linux-gnu-gcc), "cuda" / "cuda:sm_90", or a TargetSpec from resolve_target.
-    trials: MetaSchedule budget; 0 builds with default schedules (slow on CPU).
+    trials: MetaSchedule budget; 0 builds untuned (on a CPU: default_schedule.py's
+        parallel, vectorized loops; TVM's own convolutions and matmuls stay slow).
     minutes: a tuning budget in wall-clock minutes for the whole model instead, spent where
         the model's latency is (see tune_model).
     database: tuning database folder (default with trials: out_dir/tuning); share one
@@ -129,14 +130,19 @@ def prepare_with_report(mod: Any, spec: TargetSpec, offload: OffloadReport | Non
             kinds = [k for k in spec.library_ops if not (direct and k == "conv2d")]
             mod = offload_dense(mod, kinds=kinds, report=report)
         if not direct:
-            return convert_layout(mod, spec.layout, spec.lanes)
-        # oneDNN's convolutions: the model in NHWC first, then the convolutions (with what
-        # follows them) matched on the high-level operators
-        from prunepass.backends.tvm.library.conv_offload import offload_conv_nhwc
-        _library_extension(spec)  # the oneDNN kernels pack the weights
-        mod, layout = convert_layout(mod, spec.layout, spec.lanes, legalize=False,
-                                     grouped=True)
-        return offload_conv_nhwc(mod, report=report), layout
+            mod, layout = convert_layout(mod, spec.layout, spec.lanes)
+        else:
+            # oneDNN's convolutions: the model in NHWC first, then the convolutions (with
+            # what follows them) matched on the high-level operators
+            from prunepass.backends.tvm.library.conv_offload import offload_conv_nhwc
+            _library_extension(spec)  # the oneDNN kernels pack the weights
+            mod, layout = convert_layout(mod, spec.layout, spec.lanes, legalize=False,
+                                         grouped=True)
+            mod = offload_conv_nhwc(mod, report=report)
+        if spec.device == "cpu":  # last: the layout and library passes match the operators
+            from prunepass.backends.tvm.fast_math import fast_math
+            mod = fast_math(mod)
+        return mod, layout
 
 
 def _direct_convolutions(spec: TargetSpec) -> bool:
@@ -162,16 +168,48 @@ def _library_extension(spec: TargetSpec) -> Path | None:
 
 
 def build(mod: Any, spec: TargetSpec, database: Any | None = None) -> Any:
-    """Build a Relax module; with a database, its tuned schedules replace the defaults."""
+    """Build a Relax module; with a database, its tuned schedules replace the defaults. On a
+    CPU, kernels without a tuning record get prunepass's default schedule (parallel and
+    vectorized: default_schedule.py) instead of TVM's single-threaded loops."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
     try:
+        if spec.device == "cpu":
+            return _build_cpu(mod, spec, database)
         if database is None:
             return tvm.compile(mod, target=spec.target)
         return ms.relax_integration.compile_relax(database, mod, spec.target, params=None)
     except Exception as err:  # TVM raises InternalError, ValueError, TypeError, ...
         raise BackendError(f"TVM could not build the model for {spec.name}: "
                            f"{_build_failure(str(err))}") from err
+
+
+def _build_cpu(mod: Any, spec: TargetSpec, database: Any | None) -> Any:
+    """TVM's CPU pipeline with two steps between fusion and lowering: the database's
+    schedules (as compile_relax applies them, after the same fusion tune.fuse runs), then
+    the default schedule for every kernel still unscheduled."""
+    import contextlib
+
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu  # relax.pipeline's lookup
+    # of these fails in TVM 0.27 (AttributeError), so they are taken from their module
+    from prunepass.backends.tvm.default_schedule import default_schedule_pass
+    from prunepass.backends.tvm.tune import fuse
+    target = spec.target
+
+    @tvm.transform.module_pass(opt_level=0, name="prunepass.CPUPipeline")
+    def pipeline(mod: Any, _ctx: Any) -> Any:
+        mod = fuse(mod, spec)
+        if database is not None:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        mod = default_schedule_pass(target)(mod)
+        return tvm.transform.Sequential(cpu.dataflow_lower_passes(target)
+                                        + cpu.finalize_passes(target))(mod)
+
+    with target, (database if database is not None else contextlib.nullcontext()), \
+            tvm.transform.PassContext(opt_level=3):
+        return relax.build(mod, target=target, relax_pipeline=pipeline)
 
 
 def _build_failure(message: str) -> str:
