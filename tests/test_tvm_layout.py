@@ -79,6 +79,29 @@ def test_channels_last_build_equals_torch(mixed, tmp_path):
     assert "4 groups" in compiled.layout.kept[0]
 
 
+def test_where_convert_layout_fails_each_convolution_goes_nhwc_on_its_own(mixed, tmp_path,
+                                                                          monkeypatch):
+    # vit_b_16's graph makes Relax's ConvertLayout fail (std::bad_alloc in TVM 0.27)
+    from tvm import relax
+
+    def failing(*_args):
+        raise MemoryError("std::bad_alloc")
+
+    monkeypatch.setattr(relax.transform, "ConvertLayout", failing)
+    model, x, reference = mixed
+    compiled = compile_model(model, (x,), resolve_target("x86", layout="nhwc"), tmp_path,
+                             progress=False)
+    np.testing.assert_allclose(compiled.load()(x.numpy())[0], reference, rtol=1e-4,
+                               atol=1e-5)
+    report = compiled.layout
+    # stem, depthwise and the 1x1 to 17 channels; the grouped one stays (4 groups)
+    assert report.converted == 3
+    assert report.kept[0] == ("Relax's ConvertLayout failed (std::bad_alloc): each "
+                              "convolution transposed to NHWC and back instead")
+    assert "4 groups" in report.kept[1]
+    assert report.edge_transforms == 6  # a transpose on each side of each of the three
+
+
 def test_channel_block_is_the_largest_divisor_within_a_vector():
     assert [channel_block(c, 16) for c in (64, 24, 48, 3, 17, 40)] == [16, 12, 16, 3, 1, 10]
     assert [channel_block(c, 8) for c in (64, 24, 12, 7)] == [8, 8, 6, 7]

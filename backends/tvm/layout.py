@@ -73,10 +73,19 @@ def convert_layout(mod: Any, layout: str, lanes: int, *, legalize: bool = True,
     before = _activation_transforms(mod)
     try:
         mod = relax.transform.ConvertLayout({}, choose)(mod)
-    except (tvm.error.InternalError, ValueError) as err:  # an op whose layout rule fails
-        report = LayoutReport(layout, converted=0, kept=[
-            f"all convolutions: Relax's ConvertLayout failed ({str(err).splitlines()[0]})"])
-        return original, report
+    except (tvm.error.InternalError, ValueError, MemoryError) as err:  # an op's layout
+        # rule fails (vit_b_16: std::bad_alloc); NHWC can still be had one convolution at a
+        # time, with a transpose on each side of it
+        failure = f"Relax's ConvertLayout failed ({str(err).splitlines()[0]})"
+        if layout != "nhwc":
+            return original, LayoutReport(layout, converted=0,
+                                          kept=[f"all convolutions: {failure}"])
+        report = LayoutReport(layout, kept=[f"{failure}: each convolution transposed to "
+                                            f"NHWC and back instead"])
+        mod = _each_conv_nhwc(original, lambda call: _desired(call, layout, lanes, report,
+                                                              grouped))
+        report.edge_transforms = _activation_transforms(mod) - before
+        return relax.transform.FoldConstant()(mod), report
     report.edge_transforms = _activation_transforms(mod) - before
     passes = [relax.transform.LegalizeOps({CONV: legalize_blocked})] if legalize else []
     # the weights' layout transforms, done once here
@@ -118,6 +127,37 @@ def _desired(call: Any, layout: str, lanes: int, report: LayoutReport,
         return [f"NCHW{block}c", f"OIHW1i{block}o", f"NCHW{block}c"]
     report.kept.append(f"{what}: {groups} groups (no blocked kernel for grouped convolution)")
     return keep
+
+
+def _each_conv_nhwc(mod: Any, desired: Any) -> Any:
+    """``mod`` with each convolution ``desired`` wants in NHWC rewritten in place as
+    transpose -> NHWC convolution (OHWI weights) -> transpose back."""
+    import tvm
+    from tvm import relax
+    conv_op = tvm.ir.Op.get(CONV)
+
+    @relax.expr_functor.mutator
+    class EachConv(relax.PyExprMutator):
+        def visit_call_(self, call: Any) -> Any:  # noqa: N802
+            new = super().visit_call_(call)
+            if not (isinstance(new, relax.Call) and new.op == conv_op):
+                return new
+            if desired(call) != ["NHWC", "OHWI", "NHWC"]:
+                return new
+            at = new.attrs
+            x = self.builder_.emit(relax.op.permute_dims(new.args[0], [0, 2, 3, 1]))
+            w = self.builder_.emit(relax.op.permute_dims(new.args[1], [0, 2, 3, 1]))
+            y = self.builder_.emit(relax.op.nn.conv2d(
+                x, w, strides=at.strides, padding=at.padding, dilation=at.dilation,
+                groups=at.groups, data_layout="NHWC", kernel_layout="OHWI",
+                out_layout="NHWC", out_dtype=at.out_dtype))
+            return relax.op.permute_dims(y, [0, 3, 1, 2])
+
+    rewriter = EachConv(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return rewriter.builder_.get()
 
 
 def legalize_blocked(bb: Any, call: Any) -> Any:
