@@ -14,8 +14,10 @@ from typing import Any
 
 def fast_math(mod: Any) -> Any:
     """``mod`` with GELU, erf, exp, tanh and softmax replaced by TOPI's fast versions."""
-    from tvm import relax, topi
+    from tvm import topi
     from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    from prunepass.backends.tvm.rewrite import rewrite_functions
 
     def gelu(x: Any) -> Any:
         return x * (0.5 + 0.5 * topi.fast_erf(x * (1.0 / math.sqrt(2.0))))
@@ -43,11 +45,7 @@ def fast_math(mod: Any) -> Any:
                 return rewrites[name](self.builder_, call)
             return call
 
-    rewriter = FastMath(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+    return rewrite_functions(mod, FastMath)
 
 
 def _is_float32(call: Any) -> bool:

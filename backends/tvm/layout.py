@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from prunepass.backends.tvm.rewrite import rewrite_functions
+
 LAYOUTS = ("nchw", "nhwc", "nchwc")
 CONV = "relax.nn.conv2d"
 
@@ -153,11 +155,7 @@ def _each_conv_nhwc(mod: Any, desired: Any) -> Any:
                 out_layout="NHWC", out_dtype=at.out_dtype))
             return relax.op.permute_dims(y, [0, 3, 1, 2])
 
-    rewriter = EachConv(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+    return rewrite_functions(mod, EachConv)
 
 
 def legalize_blocked(bb: Any, call: Any) -> Any:
@@ -228,11 +226,7 @@ def clip_as_min_max(mod: Any) -> Any:
             return relax.op.minimum(relax.op.maximum(x, relax.const(bounds[0], dtype)),
                                     relax.const(bounds[1], dtype))
 
-    rewriter = ClipAsMinMax(mod)
-    for name, func in mod.functions_items():
-        if type(func).__name__ == "Function":
-            rewriter.builder_.update_func(name, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+    return rewrite_functions(mod, ClipAsMinMax)
 
 
 def _count_convs(mod: Any) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 from prunepass.backends.tvm.dependency import import_tvm
 from prunepass.backends.tvm.library.offload import (PREFIX, OffloadReport, _shape, _text,
                                                     _why_not, use_counts)
+from prunepass.backends.tvm.rewrite import rewrite_functions
 
 FUNCTION = PREFIX + "dnnl_conv2d"
 CLIP, ADD, SWISH, LOGISTIC = 1, 2, 3, 4  # post-op kinds, as dnnl_conv.cc reads them
@@ -314,8 +315,4 @@ def _pack_weights(tvm: Any, relax: Any, mod: Any, pending: dict, report: Offload
             report.offloaded.append(f"dnnl_conv2d {conv.desc}{fused} [{kernel}]")
             return relax.call_dps_packed(new.args[0], relax.Tuple(args), out_ty=call.ty)
 
-    packer = Pack(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            packer.builder_.update_func(gv, packer.visit_expr(func))
-    return packer.builder_.get()
+    return rewrite_functions(mod, Pack)
