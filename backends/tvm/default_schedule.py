@@ -89,9 +89,7 @@ def _schedule_block(sch: Any, block: Any, vector_bits: int) -> None:
     lanes = _lanes(stmt, vector_bits, extents[vector]) if vector is not None else 1
     spatial = [i for i, k in enumerate(kinds) if k == "S" and i != vector]
     reduction = [i for i, k in enumerate(kinds) if k == "R"]
-    total = 1
-    for extent in extents:
-        total *= extent
+    total = math.prod(extents)
     outer = [loops[i] for i in spatial]
     rows = total // max(extents[vector] if vector is not None else 1, 1)
     for i in reduction:
@@ -117,17 +115,23 @@ def _schedule_block(sch: Any, block: Any, vector_bits: int) -> None:
     order = outer + middle + [loops[i] for i in reduction] + inner
     if len(order) > 1:
         sch.reorder(*order)
-    fused = None
-    if outer:
-        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    if fused is not None and total >= MIN_PARALLEL_ITERATIONS:
-        sch.parallel(fused)
+    _fused_parallel(sch, outer, total)
     if inner:
         sch.vectorize(inner[0])
     if reduction and inner:
         # the output's initial value set before the reduction loops, not tested for in the
         # vectorized update (the order MetaSchedule's postprocessors use)
         sch.decompose_reduction(rv, loops[reduction[0]])
+
+
+def _fused_parallel(sch: Any, outer: list[Any], total: int) -> None:
+    """The ``outer`` loops (adjacent, outermost first) fused into one, run on the thread
+    pool when the block has ``total`` >= MIN_PARALLEL_ITERATIONS iterations."""
+    if not outer:
+        return
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if total >= MIN_PARALLEL_ITERATIONS:
+        sch.parallel(fused)
 
 
 def _vector_axis(stmt: Any, block: Any) -> int | None:
@@ -228,9 +232,7 @@ def _partitioned(sch: Any, outer: list[Any], vector_loop: Any, points: list[int]
         extent //= lanes
     if outer:
         sch.reorder(*outer, vector_loop)
-        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-        if total >= MIN_PARALLEL_ITERATIONS:
-            sch.parallel(fused)
+    _fused_parallel(sch, outer, total)
     bounds = [0, *points, extent]
     widths = [b - a for a, b in zip(bounds, bounds[1:])]
     pieces = sch.loop_partition(vector_loop, [*widths[:-1], None])  # the last one inferred
